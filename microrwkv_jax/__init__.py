@@ -1,0 +1,7 @@
+"""MicroRWKV in JAX/Flax: a causal RWKV x051a hybrid language model, and the published
+architecture for loading its PyTorch checkpoints."""
+
+from microrwkv_jax.config import FAMILIES, ModelConfig
+from microrwkv_jax.model import LanguageModel
+
+__all__ = ["FAMILIES", "ModelConfig", "LanguageModel"]

@@ -1,0 +1,1 @@
+"""Building blocks shared by the causal model and the published-architecture model."""

@@ -1,0 +1,94 @@
+"""Causal self-attention with rotary positions, grouped key/value heads and an optional window.
+
+One module serves both attention sub-layers of the hybrid block:
+  * sliding-window attention (SWA): n_kv_head = n_head, window W;
+  * grouped-query attention (GQA): n_kv_head < n_head, global or windowed.
+
+Training calls `jax.nn.dot_product_attention` with `is_causal` and `local_window_size`
+(cuDNN's fused kernel on GPU). Decoding keeps a key/value cache of S slots: a ring buffer
+(slot = position % S) with S = window for windowed attention, or S = the longest sequence
+to be generated for global attention, so memory and time per token stay bounded by S.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from microrwkv_jax.layers.linears import STD, linear
+
+
+def rotary_embedding(x, positions, base: float):
+    """Rotate channel pairs (i, i + N/2) of x [B, T, H, N] by angle position * base^(-2i/N)."""
+    n = x.shape[-1]
+    inv_freq = base ** (-jnp.arange(0, n // 2, dtype=jnp.float32) * 2 / n)
+    angle = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]      # [T, N/2]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def cache_slot_positions(num_tokens_before, num_slots: int):
+    """Position held by each ring-buffer slot after `num_tokens_before` tokens were written
+    (slot s holds the latest position p < num_tokens_before with p % num_slots == s; -1 if none)."""
+    last = num_tokens_before - 1
+    p = last - jnp.mod(last - jnp.arange(num_slots), num_slots)
+    return jnp.where(p >= 0, p, -1)
+
+
+class CausalSelfAttention(nnx.Module):
+    """Causal multi-head attention with `n_kv_head` key/value heads and an optional window."""
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, window: Optional[int], n_layer: int,
+                 *, rngs: nnx.Rngs, rope_base: float = 10000.0, dtype=jnp.float32):
+        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, n_embd // n_head
+        self.window, self.rope_base = window, rope_base
+        self.qkv = linear(n_embd, (n_head + 2 * n_kv_head) * self.head_size, rngs=rngs, dtype=dtype)
+        self.proj = linear(n_embd, n_embd, rngs=rngs, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
+
+    def init_state(self, batch: int, max_len: int, dtype=jnp.float32):
+        """An empty cache: S = min(window, max_len) slots (max_len for global attention)."""
+        slots = max_len if self.window is None else min(self.window, max_len)
+        shape = (batch, slots, self.n_kv_head, self.head_size)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def __call__(self, x, start=0, state=None):
+        """x: [B, T, C]; start: position of x[:, 0] (int or traced scalar); state: a cache from
+        `init_state` holding the `start` tokens before x, or None for a fresh sequence.
+        Returns (out [B, T, C], new cache or None)."""
+        b, t, _ = x.shape
+        n, hq, hkv = self.head_size, self.n_head, self.n_kv_head
+        q, k, v = jnp.split(self.qkv(x).reshape(b, t, hq + 2 * hkv, n), [hq, hq + hkv], axis=2)
+        positions = start + jnp.arange(t)
+        q = rotary_embedding(q, positions, self.rope_base)
+        k = rotary_embedding(k, positions, self.rope_base)
+        if state is None:
+            window = None if self.window is None else (self.window - 1, 0)
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
+            new_state = None
+        else:
+            y, new_state = self._attend_with_cache(q, k, v, start, state)
+        return self.proj(y.reshape(b, t, hq * n)), new_state
+
+    def _attend_with_cache(self, q, k, v, start, state):
+        """Attend from x's queries to the cached keys and x's own keys, then write x's keys."""
+        t, slots = q.shape[1], state["k"].shape[1]
+        positions = start + jnp.arange(t)
+        key_positions = jnp.concatenate([cache_slot_positions(start, slots), positions])
+        lag = positions[:, None] - key_positions[None, :]                  # [T, S + T]
+        window = slots if self.window is None else self.window
+        mask = (key_positions[None, :] >= 0) & (lag >= 0) & (lag < window)
+        keys = jnp.concatenate([state["k"], k.astype(state["k"].dtype)], axis=1)
+        values = jnp.concatenate([state["v"], v.astype(state["v"].dtype)], axis=1)
+        y = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype),
+                                         mask=mask[None, None])
+        # Only the last `slots` new keys survive in the ring buffer.
+        keep = min(t, slots)
+        write = jnp.mod(positions[t - keep:], slots)
+        new_state = {"k": state["k"].at[:, write].set(k[:, t - keep:].astype(state["k"].dtype)),
+                     "v": state["v"].at[:, write].set(v[:, t - keep:].astype(state["v"].dtype))}
+        return y, new_state

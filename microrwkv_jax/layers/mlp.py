@@ -1,0 +1,19 @@
+"""The GPT baseline's feed-forward layer."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from microrwkv_jax.layers.linears import STD, linear
+
+
+class MLP(nnx.Module):
+    """Linear(C, rC) -> GELU -> Linear(rC, C). x: [B, T, C] -> [B, T, C]."""
+
+    def __init__(self, n_embd: int, ratio: int, n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.fc = linear(n_embd, ratio * n_embd, rngs=rngs, dtype=dtype)
+        self.proj = linear(ratio * n_embd, n_embd, rngs=rngs, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
+
+    def __call__(self, x):
+        return self.proj(nnx.gelu(self.fc(x)))

@@ -1,0 +1,50 @@
+"""TinyMoE: a softmax router sending each token to its top-k of a few small feed-forward experts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from microrwkv_jax.layers.linears import STD
+
+
+class TinyMoE(nnx.Module):
+    """Top-k mixture of `num_experts` GELU experts of width `expert_dim`.
+
+    With a handful of experts every expert runs on every token and the router's gates
+    (zero outside each token's top-k, renormalised over it) select the outputs: no token
+    dropping, no capacity factor, static shapes that shard like a dense layer.
+
+    Returns (out [B, T, C], aux_loss, expert_fraction [E]):
+      aux_loss = E * sum_e f_e * P_e (Switch Transformer), where f_e is the fraction of
+      routing slots given to expert e and P_e its mean router probability; it is 1 when
+      routing is uniform and grows as it collapses onto few experts.
+      expert_fraction = f, for logging.
+    """
+
+    def __init__(self, n_embd: int, num_experts: int, num_active_experts: int, expert_dim: int,
+                 n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.num_experts, self.top_k, self.dtype = num_experts, num_active_experts, dtype
+        normal = lambda std, shape: nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+        self.router = normal(STD, (n_embd, num_experts))
+        self.w_in = normal(STD, (num_experts, n_embd, expert_dim))
+        self.b_in = nnx.Param(jnp.zeros((num_experts, expert_dim), jnp.float32))
+        self.w_out = normal(STD / (2 * n_layer) ** 0.5, (num_experts, expert_dim, n_embd))
+        self.b_out = nnx.Param(jnp.zeros((num_experts, n_embd), jnp.float32))
+
+    def __call__(self, x):
+        """x: [B, T, C]."""
+        probs = jax.nn.softmax(jnp.einsum("btc,ce->bte", x.astype(jnp.float32), self.router[...]), axis=-1)
+        top_probs, top_idx = jax.lax.top_k(probs, self.top_k)                       # [B, T, k]
+        chosen = jax.nn.one_hot(top_idx, self.num_experts, dtype=jnp.float32)        # [B, T, k, E]
+        gates = jnp.einsum("btk,btke->bte", top_probs / jnp.sum(top_probs, -1, keepdims=True), chosen)
+        xc = x.astype(self.dtype)
+        hidden = jnp.einsum("btc,ecx->btex", xc, self.w_in[...].astype(self.dtype)) + self.b_in[...].astype(self.dtype)
+        expert_out = jnp.einsum("btex,exc->btec", nnx.gelu(hidden), self.w_out[...].astype(self.dtype))
+        expert_out = expert_out + self.b_out[...].astype(self.dtype)
+        out = jnp.einsum("bte,btec->btc", gates.astype(self.dtype), expert_out)
+        expert_fraction = jnp.mean(jnp.sum(chosen, axis=2), axis=(0, 1)) / self.top_k   # [E], sums to 1
+        aux_loss = self.num_experts * jnp.sum(expert_fraction * jnp.mean(probs, axis=(0, 1)))
+        return out.astype(x.dtype), aux_loss, expert_fraction
+

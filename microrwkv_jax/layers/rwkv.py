@@ -1,0 +1,111 @@
+"""RWKV x051a time mixing (WKV attention) and channel mixing, with explicit recurrent state.
+
+Both take the previous token's input vector explicitly, so that a sequence can be fed
+all at once, in pieces, or one token at a time with identical results.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from microrwkv_jax import wkv
+from microrwkv_jax.layers.linears import STD, linear
+from microrwkv_jax.layers.normalization import HeadGroupNorm
+
+
+def token_shift(x, previous):
+    """x: [B, T, C], previous: [B, C] (the token before x[:, 0]) -> [B, T, C] with row t = x[:, t-1]."""
+    return jnp.concatenate([previous[:, None, :].astype(x.dtype), x[:, :-1]], axis=1)
+
+
+def _ratios(layer_id: int, n_layer: int):
+    """RWKV's depth ratios r0 = i / (L-1) (0 -> 1 with depth) and r1 = 1 - i / L (1 -> ~0)."""
+    return layer_id / max(n_layer - 1, 1), 1.0 - layer_id / n_layer
+
+
+def _channel_ramp(dim: int):
+    return np.arange(dim, dtype=np.float64) / dim
+
+
+class TimeMix(nnx.Module):
+    """RWKV x051a time mix: token-shift interpolation, r/k/v/g projections, WKV, per-head GroupNorm.
+
+    Parameter names follow the PyTorch module (`time_maa_k`, `receptance`, ...), so that the
+    published checkpoints map onto it one to one.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
+                 bias: bool = False, chunk_size: int = 64, dtype=jnp.float32):
+        self.n_head, self.head_size, self.chunk_size = n_head, n_embd // n_head, chunk_size
+        r0, r1 = _ratios(layer_id, n_layer)
+        ddd = _channel_ramp(n_embd)
+        param = lambda a: nnx.Param(jnp.asarray(a, jnp.float32))
+        self.time_maa_k = param(1.0 - ddd ** r1)
+        self.time_maa_v = param(1.0 - (ddd ** r1 + 0.3 * r0))
+        self.time_maa_r = param(1.0 - ddd ** (0.5 * r1))
+        self.time_maa_g = param(1.0 - ddd ** (0.5 * r1))
+        h = np.arange(n_head) / max(n_head - 1, 1)
+        self.time_decay = param(-6.0 + 5.0 * h ** (0.7 + 1.3 * r0))   # w = exp(-exp(time_decay))
+        self.time_faaaa = param(r0 * (1.0 - h))                          # u, the current-token bonus
+        make = lambda std=STD: linear(n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype, std=std)
+        self.receptance, self.key, self.value, self.gate = make(), make(), make(), make()
+        self.output = make(STD / np.sqrt(2 * n_layer))
+        # eps = 1e-5 * head_size_divisor^2 with x051a's divisor 8, whatever the head size.
+        self.ln_x = HeadGroupNorm(n_embd, n_head, eps=64e-5)
+
+    def init_state(self, batch: int, n_embd: int):
+        n = self.head_size
+        return {"shift": jnp.zeros((batch, n_embd), jnp.float32),
+                "wkv": jnp.zeros((batch, self.n_head, n, n), jnp.float32)}
+
+    def __call__(self, x, state=None):
+        """x: [B, T, C]; state: {"shift": [B, C], "wkv": [B, H, N, N]} or None for a fresh sequence.
+        Returns (out [B, T, C], new state). T == 1 uses the step form, longer inputs the chunked one."""
+        b, t, c = x.shape
+        if state is None:
+            state = self.init_state(b, c)
+        xx = token_shift(x, state["shift"]) - x
+        xr, xk, xv, xg = (x + xx * m[...].astype(x.dtype) for m in
+                          (self.time_maa_r, self.time_maa_k, self.time_maa_v, self.time_maa_g))
+        heads = lambda a: a.reshape(b, t, self.n_head, self.head_size)
+        r, k, v = heads(self.receptance(xr)), heads(self.key(xk)), heads(self.value(xv))
+        g = nnx.silu(self.gate(xg))
+        w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))
+        u = self.time_faaaa[...].astype(jnp.float32)
+        if t == 1:
+            y, wkv_state = wkv.wkv_step(r[:, 0], k[:, 0], v[:, 0], w, u, state["wkv"])
+            y = y[:, None].astype(x.dtype)
+        else:
+            y, wkv_state = wkv.wkv_chunked(r, k, v, w, u, state["wkv"], self.chunk_size)
+        y = self.ln_x(y.reshape(b, t, c))
+        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}
+
+
+class ChannelMix(nnx.Module):
+    """RWKV channel mix: sigmoid(receptance(xr)) * value(relu(key(xk))^2), hidden width 3C."""
+
+    def __init__(self, n_embd: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
+                 bias: bool = False, dtype=jnp.float32):
+        _, r1 = _ratios(layer_id, n_layer)
+        ramp = 1.0 - _channel_ramp(n_embd) ** r1
+        self.time_maa_k = nnx.Param(jnp.asarray(ramp, jnp.float32))
+        self.time_maa_r = nnx.Param(jnp.asarray(ramp, jnp.float32))
+        self.key = linear(n_embd, 3 * n_embd, rngs=rngs, bias=bias, dtype=dtype)
+        self.value = linear(3 * n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype)
+        self.receptance = linear(n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype)
+
+    def init_state(self, batch: int, n_embd: int):
+        return {"shift": jnp.zeros((batch, n_embd), jnp.float32)}
+
+    def __call__(self, x, state=None):
+        """x: [B, T, C]; state {"shift": [B, C]} or None. Returns (out [B, T, C], new state)."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.shape[-1])
+        xx = token_shift(x, state["shift"]) - x
+        xk = x + xx * self.time_maa_k[...].astype(x.dtype)
+        xr = x + xx * self.time_maa_r[...].astype(x.dtype)
+        hidden = jnp.square(nnx.relu(self.key(xk)))
+        out = nnx.sigmoid(self.receptance(xr)) * self.value(hidden)
+        return out, {"shift": x[:, -1].astype(jnp.float32)}

@@ -1,0 +1,99 @@
+"""The RWKV "x051a" WKV operator in three forms: chunked (training), scan (reference), step (decoding).
+
+Per batch row and head, with key/value channels N and an N x N float32 state S:
+
+    y_t     = r_t @ (S_t + u * k_t^T v_t)
+    S_{t+1} = w * S_t + k_t^T v_t
+
+so  y_t = sum_{s<t} w^(t-s-1) (r_t . k_s) v_s + u (r_t . k_t) v_t  +  w^t r_t @ S_0.
+
+All three forms share one calling convention:
+
+    y, final_state = wkv_*(r, k, v, w, u, initial_state)
+
+    r, k, v:        [B, T, H, N]   (any float dtype; y comes back in r's dtype)
+    w:              [H]            decay per head, in (0, 1)
+    u:              [H]            bonus for the current token
+    initial_state:  [B, H, N, N]   float32 (zeros to start a sequence)
+
+`wkv_step` takes one token, r, k, v: [B, H, N]. The state and every decay factor are float32
+whatever the activation dtype, and the decay is only ever raised to non-negative powers (no
+`w^t * w^-s` factorisation: w^-s overflows for the strong decays that trained models learn).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+F32 = jnp.float32
+
+
+def wkv_step(r, k, v, w, u, state):
+    """One token. r, k, v: [B, H, N]; state [B, H, N, N] -> (y [B, H, N], new state)."""
+    r, k, v = (a.astype(F32) for a in (r, k, v))
+    w, u = w.astype(F32)[:, None, None], u.astype(F32)[:, None, None]
+    kv = k[..., :, None] * v[..., None, :]                       # [B, H, N, N]
+    y = jnp.einsum("bhi,bhij->bhj", r, state + u * kv)
+    return y, w * state + kv
+
+
+def wkv_scan(r, k, v, w, u, initial_state):
+    """The reference form: `jax.lax.scan` of `wkv_step` over the T axis."""
+    def step(state, rkv):
+        y, state = wkv_step(*rkv, w, u, state)
+        return state, y
+
+    time_major = [jnp.swapaxes(a, 0, 1) for a in (r, k, v)]     # [T, B, H, N]
+    final_state, y = jax.lax.scan(step, initial_state.astype(F32), time_major)
+    return jnp.swapaxes(y, 0, 1).astype(r.dtype), final_state
+
+
+def _wkv_chunk(r, k, v, w, u, state):
+    """Exact WKV over one chunk of Q tokens, in parallel. r, k, v: [B, Q, H, N] float32."""
+    q = r.shape[1]
+    t = jnp.arange(q)
+    log_w = jnp.log(w)                                            # [H], < 0
+    # Intra-chunk weights D[h, t, s] = w^(t-s-1) for s < t, u on the diagonal, 0 above it.
+    lag = t[:, None] - t[None, :] - 1                             # t - s - 1
+    past = jnp.exp(log_w[:, None, None] * jnp.maximum(lag, 0)[None])
+    decay_matrix = jnp.where(lag >= 0, past, 0.0)
+    decay_matrix = jnp.where(lag == -1, u[:, None, None], decay_matrix)   # [H, Q, Q]
+
+    scores = jnp.einsum("bthn,bshn->bhts", r, k) * decay_matrix
+    y = jnp.einsum("bhts,bshn->bthn", scores, v)
+    # Contribution of the state at the chunk start, decayed by w^t.
+    decay_in = jnp.exp(log_w[None, :] * t[:, None])               # [Q, H] = w^t
+    y = y + jnp.einsum("bthn,bhnm->bthm", r * decay_in[None, :, :, None], state)
+    # State at the chunk end: w^Q S + sum_s w^(Q-1-s) k_s^T v_s.
+    decay_out = jnp.exp(log_w[None, :] * (q - 1 - t)[:, None])    # [Q, H]
+    new_state = jnp.exp(log_w * q)[None, :, None, None] * state + jnp.einsum(
+        "bshn,bshm->bhnm", k * decay_out[None, :, :, None], v)
+    return y, new_state
+
+
+def wkv_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64):
+    """The training form: exact attention-like products inside chunks of `chunk_size` tokens,
+    the state carried between chunks by `lax.scan`. T need not be a multiple of the chunk size:
+    the remainder is one shorter chunk (never zero-padded, which would decay the state)."""
+    b, t, h, n = r.shape
+    dtype = r.dtype
+    w, u = w.astype(F32), u.astype(F32)
+    r, k, v = (a.astype(F32) for a in (r, k, v))
+    state = initial_state.astype(F32)
+    q = min(chunk_size, t)
+    num_full = t // q
+    outputs = []
+    if num_full:
+        def body(state, rkv):
+            y, state = _wkv_chunk(*rkv, w, u, state)
+            return state, y
+
+        chunks = [a[:, : num_full * q].reshape(b, num_full, q, h, n).swapaxes(0, 1) for a in (r, k, v)]
+        state, y = jax.lax.scan(body, state, chunks)              # y [num_full, B, Q, H, N]
+        outputs.append(y.swapaxes(0, 1).reshape(b, num_full * q, h, n))
+    if t % q:
+        y, state = _wkv_chunk(*(a[:, num_full * q:] for a in (r, k, v)), w, u, state)
+        outputs.append(y)
+    y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
+    return y.astype(dtype), state

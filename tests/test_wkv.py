@@ -1,0 +1,98 @@
+"""The WKV operator: chunked, scan and step forms against each other and against float64 numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from microrwkv_jax import wkv
+from tests.conftest import rel_err
+
+
+def random_inputs(seed, b=2, t=37, h=3, n=8, dtype=jnp.float32, w_range=(0.01, 0.9999)):
+    rng = np.random.default_rng(seed)
+    r, k, v = (jnp.asarray(rng.standard_normal((b, t, h, n)), dtype) for _ in range(3))
+    w = jnp.asarray(rng.uniform(*w_range, size=h), jnp.float32)
+    u = jnp.asarray(rng.standard_normal(h), jnp.float32)
+    s0 = jnp.asarray(rng.standard_normal((b, h, n, n)), jnp.float32)
+    return r, k, v, w, u, s0
+
+
+def numpy_wkv(r, k, v, w, u, s0):
+    """The spec's formula, token by token, in float64."""
+    r, k, v, w, u, s = (np.asarray(a, np.float64) for a in (r, k, v, w, u, s0))
+    y = np.zeros_like(v)
+    for t in range(r.shape[1]):
+        kv = np.einsum("bhi,bhj->bhij", k[:, t], v[:, t])
+        y[:, t] = np.einsum("bhi,bhij->bhj", r[:, t], s + u[None, :, None, None] * kv)
+        s = w[None, :, None, None] * s + kv
+    return y, s
+
+
+def step_loop(r, k, v, w, u, s):
+    ys = []
+    for t in range(r.shape[1]):
+        y, s = wkv.wkv_step(r[:, t], k[:, t], v[:, t], w, u, s)
+        ys.append(y)
+    return jnp.stack(ys, axis=1), s
+
+
+@pytest.mark.parametrize("w_range", [(0.01, 0.2), (0.9, 0.9999), (0.01, 0.9999)])
+def test_scan_equals_float64_numpy(w_range):
+    inputs = random_inputs(1, w_range=w_range)
+    y_ref, s_ref = numpy_wkv(*inputs)
+    y, s = wkv.wkv_scan(*inputs)
+    assert rel_err(y, y_ref) <= 1e-5
+    assert rel_err(s, s_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 8, 16, 64])
+@pytest.mark.parametrize("w_range", [(0.01, 0.2), (0.9, 0.9999), (0.01, 0.9999)])
+def test_chunked_and_step_equal_scan_float32(chunk_size, w_range):
+    inputs = random_inputs(chunk_size, t=37, w_range=w_range)   # 37 is not a multiple of any chunk size > 1
+    y_scan, s_scan = wkv.wkv_scan(*inputs)
+    y_chunk, s_chunk = wkv.wkv_chunked(*inputs, chunk_size=chunk_size)
+    y_step, s_step = step_loop(*inputs)
+    for y, s in ((y_chunk, s_chunk), (y_step, s_step)):
+        assert y.dtype == jnp.float32 and s.dtype == jnp.float32
+        assert rel_err(y, y_scan) <= 1e-5
+        assert rel_err(s, s_scan) <= 1e-5
+
+
+def test_bf16_inputs_keep_float32_state():
+    r, k, v, w, u, s0 = random_inputs(7, t=45)
+    ref_y, ref_s = numpy_wkv(r, k, v, w, u, s0)
+    r16, k16, v16 = (a.astype(jnp.bfloat16) for a in (r, k, v))
+    for fn in (lambda *a: wkv.wkv_chunked(*a, chunk_size=16), wkv.wkv_scan, step_loop):
+        y, s = fn(r16, k16, v16, w, u, s0)
+        assert s.dtype == jnp.float32
+        assert rel_err(y, ref_y) <= 2e-2
+        assert rel_err(s, ref_s) <= 2e-2
+
+
+def test_strong_decay_long_chunk_stays_finite():
+    # w = 0.01 over a 64-token chunk: w^63 underflows to 0 but must never produce inf or NaN.
+    r, k, v, _, u, s0 = random_inputs(3, t=130, h=2)
+    w = jnp.asarray([0.01, 0.9999], jnp.float32)
+    y, s = wkv.wkv_chunked(r, k, v, w, u, s0, chunk_size=64)
+    assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(s)).all()
+    y_ref, s_ref = numpy_wkv(r, k, v, w, u, s0)
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+
+
+def test_carrying_state_across_a_split_equals_one_pass():
+    r, k, v, w, u, s0 = random_inputs(11, t=50)
+    y_full, s_full = wkv.wkv_chunked(r, k, v, w, u, s0, chunk_size=8)
+    y1, s1 = wkv.wkv_chunked(r[:, :19], k[:, :19], v[:, :19], w, u, s0, chunk_size=8)
+    y2, s2 = wkv.wkv_chunked(r[:, 19:], k[:, 19:], v[:, 19:], w, u, s1, chunk_size=8)
+    assert rel_err(jnp.concatenate([y1, y2], axis=1), y_full) <= 1e-6
+    assert rel_err(s2, s_full) <= 1e-6
+
+
+def test_chunked_gradients_match_scan():
+    r, k, v, w, u, s0 = random_inputs(5, t=21)
+    loss = lambda fn: (lambda *a: jnp.sum(jnp.sin(fn(*a)[0])))
+    g_chunk = jax.grad(loss(lambda *a: wkv.wkv_chunked(*a, chunk_size=8)), argnums=(0, 1, 2, 3, 4))(r, k, v, w, u, s0)
+    g_scan = jax.grad(loss(wkv.wkv_scan), argnums=(0, 1, 2, 3, 4))(r, k, v, w, u, s0)
+    for a, b in zip(g_chunk, g_scan):
+        assert rel_err(a, b) <= 1e-5
