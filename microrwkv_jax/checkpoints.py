@@ -41,31 +41,46 @@ def abstract_model(config: ModelConfig):
     return nnx.eval_shape(lambda: build_model(config))
 
 
-def path_name(path) -> str:
-    return "/".join(str(p) for p in path)
+class ParamCodec:
+    """Converts between a model and a flat {"blocks/0/tmix/key/kernel": array} parameter dict.
+
+    The flat dict is what training optimises, what orbax saves and what conversion fills in;
+    `model(flat)` is cheap and traceable, so a jitted loss can rebuild the module from it.
+    """
+
+    def __init__(self, model):
+        self.graphdef, state = nnx.split(model, nnx.Param)
+        leaves, self.treedef = jax.tree_util.tree_flatten_with_path(state)
+        self.names = ["/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+                      for path, _ in leaves]
+        self.shapes = {n: tuple(leaf.shape) for n, (_, leaf) in zip(self.names, leaves)}
+
+    def flat(self, model) -> dict:
+        return dict(zip(self.names, jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+    def model(self, flat: dict):
+        return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, [flat[n] for n in self.names]))
+
+    def check(self, flat: dict) -> None:
+        missing = sorted(set(self.names) - set(flat))
+        unexpected = sorted(set(flat) - set(self.names))
+        if missing or unexpected:
+            raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
+        for name in self.names:
+            if tuple(np.shape(flat[name])) != self.shapes[name]:
+                raise ValueError(f"parameter {name}: shape {tuple(np.shape(flat[name]))}, expected {self.shapes[name]}")
 
 
 def flat_params(model) -> dict:
     """{"blocks/0/tmix/key/kernel": array, ...} for every nnx.Param."""
-    return {path_name(p): v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return ParamCodec(model).flat(model)
 
 
 def model_from_flat_params(config: ModelConfig, flat: dict):
     """Build a model of `config` whose parameters are `flat` (names and shapes must match exactly)."""
-    model = abstract_model(config)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    leaves = nnx.to_flat_state(params)
-    expected = {path_name(p): v for p, v in leaves}
-    missing, unexpected = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
-    for path, var in leaves:
-        value = jnp.asarray(flat[path_name(path)], jnp.float32)
-        if value.shape != var.shape:
-            raise ValueError(f"parameter {path_name(path)}: shape {value.shape}, expected {var.shape}")
-        var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
-    rest = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) if hasattr(s, "shape") else s, rest)
-    return nnx.merge(graphdef, nnx.from_flat_state(leaves), rest)
+    codec = ParamCodec(abstract_model(config))
+    codec.check(flat)
+    return codec.model({n: jnp.asarray(flat[n], jnp.float32) for n in codec.names})
 
 
 def save_model_dir(out_dir, model, meta: dict, force: bool = False, extra: dict | None = None) -> pathlib.Path:

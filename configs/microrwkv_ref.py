@@ -1,0 +1,15 @@
+"""The published MicroRWKV architecture (not causal; see README) trained like configs/tiny.py.
+
+Its validation loss can fall below the corpus's entropy floor: it sees future tokens.
+"""
+
+from configs.tiny import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.family = "published"
+    c.model.n_head = 2          # the published GQA needs n_embd divisible by 4 * n_head
+    c.model.block_size = 384
+    c.model.num_active_experts = 4
+    return c

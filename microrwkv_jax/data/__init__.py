@@ -1,0 +1,1 @@
+"""Input pipeline: the built-in story corpus, tokenizers, token shards and batches."""

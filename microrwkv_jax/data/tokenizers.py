@@ -1,0 +1,81 @@
+"""Tokenizers: `byte` (UTF-8 bytes, no files) and `gpt2` (tiktoken's BPE, offline from its cache).
+
+`gpt2` needs tiktoken's BPE file. Offline, put the GPT-2 ranks file (`r50k_base`, identical
+to `gpt2`) into a directory under the name tiktoken caches it by, and point TIKTOKEN_CACHE_DIR
+there; or set MICRORWKV_GPT2_BPE to the file's path:
+
+    mkdir -p ~/.cache/tiktoken && cp gpt2.tiktoken ~/.cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
+    export TIKTOKEN_CACHE_DIR=~/.cache/tiktoken
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TOKENIZERS = ("byte", "gpt2")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes 0..255 and end-of-text 256."""
+
+    name = "byte"
+    vocab_size = 257
+    eot_id = 256
+
+    def encode(self, text: str) -> list:
+        return list(text.encode("utf-8"))
+
+    def decode(self, tokens) -> str:
+        return bytes(int(t) for t in tokens if 0 <= int(t) < 256).decode("utf-8", errors="replace")
+
+
+class GPT2Tokenizer:
+    """tiktoken's GPT-2 BPE: 50257 tokens, end-of-text 50256."""
+
+    name = "gpt2"
+    vocab_size = 50257
+    eot_id = 50256
+
+    def __init__(self):
+        import tiktoken
+        path = os.environ.get("MICRORWKV_GPT2_BPE")
+        if path:
+            from tiktoken.load import load_tiktoken_bpe
+            self.enc = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(path),
+                                         special_tokens={"<|endoftext|>": 50256})
+        else:
+            try:
+                self.enc = tiktoken.get_encoding("gpt2")
+            except Exception as err:   # tiktoken raises assorted network errors offline
+                raise ValueError("tokenizer 'gpt2': tiktoken could not load its BPE file (offline?); set "
+                                 "TIKTOKEN_CACHE_DIR or MICRORWKV_GPT2_BPE as the README describes") from err
+
+    def encode(self, text: str) -> list:
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, tokens) -> str:
+        return self.enc.decode([int(t) for t in tokens if 0 <= int(t) < self.eot_id])
+
+
+def get_tokenizer(name: str):
+    if name == "byte":
+        return ByteTokenizer()
+    if name == "gpt2":
+        return GPT2Tokenizer()
+    raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS}")
+
+
+def encode_documents(tokenizer, texts, progress: bool = False, desc: str = "tokenizing"):
+    """Token ids of each text followed by end-of-text, as one uint16 array, plus document starts."""
+    from tqdm import tqdm
+    pieces, starts, n = [], [], 0
+    for text in tqdm(texts, desc=desc, disable=not progress, unit="doc", leave=False):
+        ids = tokenizer.encode(text) + [tokenizer.eot_id]
+        starts.append(n)
+        n += len(ids)
+        pieces.append(np.asarray(ids, np.uint16))
+    tokens = np.concatenate(pieces) if pieces else np.zeros((0,), np.uint16)
+    return tokens, np.asarray(starts, np.int64)

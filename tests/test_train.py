@@ -1,0 +1,218 @@
+"""The trainer end to end: every config, data parallelism, multi-host, kill-and-resume, bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import GPT2_BPE, REPO
+
+TINY = ["--config.num_train_steps=4", "--config.batch_size=4", "--config.eval_every=2", "--config.eval_batches=1",
+        "--config.log_every=1", "--config.checkpoint_every=2", "--config.warmup_steps=1",
+        "--config.data.num_train_stories=300", "--config.data.num_val_stories=20",
+        "--config.model.block_size=384", "--config.model.n_layer=2", "--config.model.n_embd=32",
+        "--config.model.n_head=2", "--config.model.n_kv_head=1", "--config.model.swa_window=16",
+        "--config.model.expert_dim=32", "--config.model.chunk_size=32"]
+
+
+def train_cli(out_dir, *flags, config="configs/tiny.py", env=None, check=True, cache=None):
+    cache = cache or pathlib.Path(out_dir).parent / "data_cache"
+    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / config}", f"--config.out_dir={out_dir}",
+            f"--config.data.cache_dir={cache}", *TINY, *flags]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})},
+                          timeout=600)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def metrics(out_dir):
+    lines = [json.loads(l) for l in (pathlib.Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if "loss" in m], [m for m in lines if "val_loss" in m]
+
+
+def final_params(out_dir):
+    from microrwkv_jax.train_lib import restore_run_params
+    params, meta = restore_run_params(out_dir)
+    return {k: np.asarray(v) for k, v in params.items()}, meta
+
+
+# --- every config, smoke --------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/rwkv.py", "configs/gpt.py", "configs/microrwkv_ref.py"])
+def test_every_story_config_trains_and_checkpoints(tmp_path, config):
+    out = tmp_path / "run"
+    done = train_cli(out, config=config)
+    train, val = metrics(out)
+    assert [m["step"] for m in train] == [1, 2, 3, 4]
+    assert all(np.isfinite(m["loss"]) for m in train) and train[-1]["loss"] < train[0]["loss"]
+    assert [m["step"] for m in val] == [2, 4] and val[0]["entropy_floor"] > 0
+    assert "entropy floor of the held-out stories" in done.stderr
+    params, meta = final_params(out)
+    assert meta["step"] == 4 and meta["tokenizer"] == "byte"
+
+
+def test_tinystories_config_on_local_text_files(tmp_path):
+    if not GPT2_BPE.exists():
+        pytest.skip(f"GPT-2 BPE file absent: {GPT2_BPE}")
+    from microrwkv_jax.data.stories import generate_stories
+    texts, _ = generate_stories(120, 5)
+    (tmp_path / "TinyStories-train.txt").write_text("\n<|endoftext|>\n".join(texts))
+    out = tmp_path / "run"
+    train_cli(out, f"--config.dataset={tmp_path}/TinyStories-*.txt", "--config.num_train_steps=2",
+              "--config.model.n_head=2", "--config.model.swa_window=16", config="configs/tinystories.py",
+              env={"MICRORWKV_GPT2_BPE": str(GPT2_BPE)})
+    train, val = metrics(out)
+    assert len(train) == 2 and val[-1]["entropy_floor"] is None
+
+
+# --- parallelism ------------------------------------------------------------------------------
+
+def test_four_devices_give_the_same_losses_as_one(tmp_path):
+    one = tmp_path / "one"
+    four = tmp_path / "four"
+    flags = ["--config.model.family=rwkv", "--config.eval_every=4"]
+    train_cli(one, *flags, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    done = train_cli(four, *flags, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert "4 device(s)" in done.stderr
+    a, b = metrics(one)[0], metrics(four)[0]
+    np.testing.assert_allclose([m["loss"] for m in b], [m["loss"] for m in a], rtol=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_same_loss_curve_as_one(tmp_path):
+    flags = ["--config.model.family=rwkv", "--config.eval_every=4"]
+    single = tmp_path / "single"
+    train_cli(single, *flags)
+    multi = tmp_path / "multi"
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/tiny.py'}",
+                f"--config.out_dir={multi}", f"--config.data.cache_dir={tmp_path / 'data_cache'}", *TINY, *flags,
+                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
+        procs.append(subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "JAX_PLATFORMS": "cpu"}))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 process(es)" in outs[0][1]
+    a, b = metrics(single)[0], metrics(multi)[0]
+    np.testing.assert_allclose([m["loss"] for m in b], [m["loss"] for m in a], rtol=1e-5)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    flags = ["--config.num_train_steps=12", "--config.checkpoint_every=1", "--config.eval_every=100",
+             "--config.model.family=rwkv"]
+    straight = tmp_path / "straight"
+    train_cli(straight, *flags)
+    killed = tmp_path / "killed"
+    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/tiny.py'}", f"--config.out_dir={killed}",
+            f"--config.data.cache_dir={tmp_path / 'data_cache'}", *TINY, *flags]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    log = killed / "metrics.jsonl"
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(log.read_text().splitlines())
+    assert before < 12, "the run finished before it could be killed"
+    done = train_cli(killed, *flags)
+    assert "resumed from" in done.stderr
+    a, meta_a = final_params(straight)
+    b, meta_b = final_params(killed)
+    assert meta_a["step"] == meta_b["step"] == 12
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_half_written_checkpoint_is_never_loaded(tmp_path):
+    from microrwkv_jax.train_lib import latest_run_checkpoint
+    out = tmp_path / "run"
+    train_cli(out, "--config.model.family=rwkv")
+    ckpts = out / "checkpoints"
+    # An interrupted save leaves an orbax temporary directory behind: it must be ignored.
+    (ckpts / "6.orbax-checkpoint-tmp-1234").mkdir()
+    (ckpts / "6.orbax-checkpoint-tmp-1234" / "params").mkdir()
+    assert latest_run_checkpoint(out) == 4
+    params, meta = final_params(out)
+    assert meta["step"] == 4
+
+
+def test_eval_only_reports_validation_loss(tmp_path):
+    out = tmp_path / "run"
+    train_cli(out, "--config.model.family=rwkv")
+    done = train_cli(out, "--config.model.family=rwkv", "--config.eval_only=True")
+    line = [l for l in done.stderr.splitlines() if l.startswith("eval: val_loss")][0]
+    _, val = metrics(out)
+    assert f"val_loss {val[-2]['val_loss']:.4f}" in line and "unigram" in line and "bigram" in line
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config.dataset=/nonexistent/*.txt"], "dataset: no files match '/nonexistent/*.txt'"),
+    (["--config.tokenizer=bpe"], "tokenizer='bpe': unknown tokenizer; expected 'byte' or 'gpt2'"),
+    (["--config.model.vocab_size=100"], "model.vocab_size=100: smaller than the tokenizer's vocabulary (257)"),
+    (["--config.model.n_head=3"], "model.n_embd=32: must be divisible by n_head=3"),
+    (["--config.batch_size=0"], "batch_size=0: must be a positive integer"),
+    (["--config.init_from=/nonexistent/ckpt"], "init_from='/nonexistent/ckpt': no such checkpoint"),
+])
+def test_bad_config_fails_before_work_with_one_line(tmp_path, flags, message):
+    out = tmp_path / "run"
+    done = train_cli(out, *flags, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
+    assert not out.exists()
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    done = train_cli(tmp_path / "run", "--config.batchsize=4", check=False)
+    assert done.returncode != 0 and "batchsize" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_and_unwritable_out_dir(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    done = train_cli(tmp_path / "run", f"--config.dataset={tmp_path}/empty.txt", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"train.py: error: dataset: the files matching '{tmp_path}/empty.txt' hold no text"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    done = train_cli(blocker / "run", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"train.py: error: out_dir='{blocker / 'run'}' is not writable")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--config.model.family=rwkv", "--config.num_train_steps=40", "--config.checkpoint_every=1",
+             "--config.eval_every=100", "--config.learning_rate=1e9", "--config.grad_clip=0.0"]
+    done = train_cli(out, *flags, check=False)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: loss is nan at step ") or last.startswith("train.py: error: loss is inf at step ")
+    bad_step = int(last.split(" at step ")[1].split(";")[0])
+    assert last.endswith(f"(last good checkpoint: step {bad_step})")
+    params, meta = final_params(out)
+    assert meta["step"] == bad_step
+    assert all(np.isfinite(v).all() for v in params.values())
