@@ -26,7 +26,7 @@ def main(argv):
         train_lib.validate_config(cfg)
         train_lib.initialize_distributed(cfg)
         train_lib.train(cfg)
-    except (ValueError, FileNotFoundError, train_lib.TrainingError) as err:
+    except (ValueError, OSError, train_lib.TrainingError) as err:
         print(f"train.py: error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
 

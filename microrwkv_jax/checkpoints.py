@@ -136,12 +136,36 @@ def load_model(path, dtype: str | None = None):
         model, config, _ = convert_torch_file(path)
     elif is_model_dir(path):
         model, config, _ = restore_model_dir(path)
-    elif path.is_dir():
-        from microrwkv_jax.train_state import restore_latest_model   # a training run directory
-        model, config = restore_latest_model(path)
+    elif path.is_dir():                     # a training run directory: its newest checkpoint
+        from microrwkv_jax.train_lib import restore_run_params
+        flat, meta = restore_run_params(path)
+        config = ModelConfig.from_dict(meta["model"])
+        model = model_from_flat_params(config, flat)
     else:
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     if dtype is not None and dtype != config.dtype:
         config = config.replace(dtype=dtype)
         model = model_from_flat_params(config, flat_params(model))
     return model, config
+
+
+def checkpoint_tokenizer_name(path) -> str:
+    """The tokenizer a checkpoint was trained with (published .pth files use GPT-2)."""
+    path = pathlib.Path(path)
+    if is_model_dir(path):
+        return json.loads((path / CONFIG_FILE).read_text()).get("tokenizer", "gpt2")
+    if path.is_dir():
+        from microrwkv_jax.train_lib import read_run_meta
+        return read_run_meta(path).get("tokenizer", "gpt2")
+    return "gpt2"
+
+
+def load_model_and_tokenizer(path, dtype: str | None = None):
+    """(model, config, tokenizer) of any checkpoint `load_model` reads."""
+    from microrwkv_jax.data.tokenizers import get_tokenizer
+    model, config = load_model(path, dtype=dtype)
+    tokenizer = get_tokenizer(checkpoint_tokenizer_name(path))
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: the model's vocabulary ({config.vocab_size}) is smaller than its "
+                         f"{tokenizer.name} tokenizer's ({tokenizer.vocab_size})")
+    return model, config, tokenizer

@@ -146,7 +146,9 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 1.0, to
     out = []
     produced = 0
     while produced < max_new_tokens:
-        tokens, state, logits, done = _decode_block(graphdef, params, state, logits, done, block, float(temperature),
+        # The first token comes alone, so that it streams as soon as it exists; then whole blocks.
+        size = 1 if produced == 0 else block
+        tokens, state, logits, done = _decode_block(graphdef, params, state, logits, done, size, float(temperature),
                                                     top_k, top_p, seed, stop)
         tokens = np.asarray(tokens)[:, : max_new_tokens - produced]
         produced += tokens.shape[1]

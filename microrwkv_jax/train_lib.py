@@ -44,7 +44,7 @@ class TrainingError(RuntimeError):
 
 # --- Configuration -----------------------------------------------------------------------------
 
-def model_config_from(cfg, vocab_size: int) -> ModelConfig:
+def model_config_from(cfg, vocab_size: int, backend: Optional[str] = None) -> ModelConfig:
     """The ModelConfig of `cfg.model` (family preset, dtype "auto", vocabulary from the tokenizer)."""
     m = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
     family = m.pop("family", "hybrid")
@@ -57,7 +57,7 @@ def model_config_from(cfg, vocab_size: int) -> ModelConfig:
     if m.get("layers") is None:
         m.pop("layers", None)
     if m.get("dtype", "auto") == "auto":
-        m["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        m["dtype"] = "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
     if m.get("vocab_size") is None:
         m["vocab_size"] = vocab_size
     elif m["vocab_size"] < vocab_size:
@@ -91,7 +91,7 @@ def validate_config(cfg) -> None:
         raise ValueError(f"init_from={cfg.init_from!r}: no such checkpoint")
     if cfg.tokenizer not in ("byte", "gpt2"):
         raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected 'byte' or 'gpt2'")
-    model_config_from(cfg, 1)     # model sub-config errors surface now
+    model_config_from(cfg, 1, backend="cpu")     # model sub-config errors surface now, before JAX starts
 
 
 # --- Optimisation ------------------------------------------------------------------------------
@@ -190,6 +190,15 @@ def restore_run_params(run_dir, step: Optional[int] = None):
     return dict(restored.params), restored.meta
 
 
+def read_run_meta(run_dir, step: Optional[int] = None) -> dict:
+    """The metadata (model config, tokenizer, step) of a run's checkpoint, without its arrays."""
+    manager = checkpoint_manager(run_dir, None, read_only=True)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint in {pathlib.Path(run_dir) / 'checkpoints'}")
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
 def load_init_params(path):
     """Flat params, ModelConfig and tokenizer of `init_from` (model dir, run dir or .pth)."""
     from microrwkv_jax.checkpoints import flat_params, load_model
@@ -215,8 +224,7 @@ def initialize_distributed(cfg) -> None:
     num = d.get("num_processes") or int(os.environ["JAX_NUM_PROCESSES"])
     pid = d.get("process_id")
     pid = int(os.environ["JAX_PROCESS_ID"]) if pid is None else pid
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU processes talk over gloo
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
 
 
@@ -342,15 +350,15 @@ def train(cfg) -> dict:
     """Train (or with eval_only, evaluate) as `cfg` says. Returns the last metrics."""
     from tqdm import tqdm
 
-    run = Run(cfg)
-    out = run.out_dir
+    out = pathlib.Path(cfg.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
+        probe = out / f".write-test-{os.getpid()}-{jax.process_index()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
         raise TrainingError(f"out_dir={str(out)!r} is not writable ({err.strerror or err})") from None
+    run = Run(cfg)
     manager = checkpoint_manager(out, cfg)
     latest = manager.latest_step()
     if latest is not None:

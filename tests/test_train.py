@@ -197,7 +197,7 @@ def test_empty_data_and_unwritable_out_dir(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == f"train.py: error: dataset: the files matching '{tmp_path}/empty.txt' hold no text"
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    done = train_cli(blocker / "run", check=False)
+    done = train_cli(blocker / "run", check=False, cache=tmp_path / "data_cache")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"train.py: error: out_dir='{blocker / 'run'}' is not writable")
     assert blocker.read_text() == "not a directory"

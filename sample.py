@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Generate text from a MicroRWKV checkpoint, streaming it as it is generated.
+
+    python sample.py --prompt "One day"                   # newest checkpoint of ./out
+    python sample.py --ckpt out/ckpt-500 --prompt "Once"  # a converted checkpoint (or a .pth, or a run dir)
+    python sample.py --model_name ckpt-500 --max_num_tokens 200   # the published generate.py's flags
+
+Causal models decode recurrently (constant time and memory per token); the published
+architecture is not causal and reruns its whole window for every token, as the original does.
+"""
+
+import argparse
+import pathlib
+import sys
+import time
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from end-of-text)")
+    p.add_argument("--ckpt", help="a run directory, a converted model directory or a published .pth file")
+    p.add_argument("--model_name", help="the checkpoint out/NAME (a directory, or out/NAME.pth / out/NAME.pt)")
+    p.add_argument("--out_dir", default="out", help="run directory searched by default (default: out)")
+    p.add_argument("--max_new_tokens", "--max_num_tokens", dest="max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_samples", type=int, default=1, help="samples decoded together as one batch")
+    p.add_argument("--no_stop", action="store_true", help="do not stop at end-of-text")
+    p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+    return p.parse_args(argv)
+
+
+def resolve_checkpoint(args) -> pathlib.Path:
+    if args.ckpt:
+        return pathlib.Path(args.ckpt)
+    if args.model_name:
+        base = pathlib.Path(args.out_dir) / args.model_name
+        for candidate in (base, base.with_name(base.name + ".pth"), base.with_name(base.name + ".pt")):
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"--model_name {args.model_name}: none of {base}, {base}.pth, {base}.pt exists")
+    return pathlib.Path(args.out_dir)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError, KeyError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"sample.py: error: {message}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples={args.num_samples}: must be >= 1")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature={args.temperature}: must be >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k={args.top_k}: must be >= 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p={args.top_p}: must be in (0, 1]")
+    path = resolve_checkpoint(args)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint (train one with train.py, or pass --ckpt)")
+
+    import numpy as np
+    from absl import logging
+    logging.set_verbosity(logging.ERROR)     # orbax warns about read-only directories
+    from microrwkv_jax.checkpoints import load_model_and_tokenizer
+    from microrwkv_jax.sampling import generate
+
+    model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype)
+    try:
+        prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
+    except UnicodeEncodeError as err:
+        raise ValueError(f"--prompt: character {err.object[err.start]!r} at position {err.start} cannot be "
+                         f"encoded by the {tokenizer.name} tokenizer") from None
+    if config.arch == "published":
+        print("sample.py: the published architecture is not causal and has no recurrent form; "
+              "rerunning the whole window for every token, as its original sampler does", file=sys.stderr)
+    prompt = np.tile(np.asarray(prompt, np.int32)[None], (args.num_samples, 1))
+
+    streamed, printed, t_first = [], [""], [None]
+    stream = args.num_samples == 1
+    if stream and args.prompt:
+        sys.stdout.write(args.prompt)
+
+    def on_tokens(tokens):
+        if t_first[0] is None:
+            t_first[0] = time.perf_counter()
+        if not stream:
+            return
+        streamed.extend(int(t) for t in tokens[0])
+        upto = streamed.index(tokenizer.eot_id) if tokenizer.eot_id in streamed and not args.no_stop else len(streamed)
+        text = tokenizer.decode(streamed[:upto]).rstrip("\ufffd")     # hold back a split UTF-8 character
+        sys.stdout.write(text[len(printed[0]):])
+        sys.stdout.flush()
+        printed[0] = text
+
+    t0 = time.perf_counter()
+    out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, stop_token=None if args.no_stop else tokenizer.eot_id,
+                   on_tokens=on_tokens)
+    elapsed = time.perf_counter() - t0
+    n_generated = 0
+    for i, row in enumerate(out):
+        row = [int(t) for t in row]
+        if not args.no_stop and tokenizer.eot_id in row:
+            row = row[: row.index(tokenizer.eot_id) + 1]
+        n_generated += len(row)
+        body = [t for t in row if t != tokenizer.eot_id] if not args.no_stop else row
+        if stream:
+            final = tokenizer.decode(body)
+            sys.stdout.write(final[len(printed[0]):] + "\n")
+        else:
+            sys.stdout.write(("" if i == 0 else "\n---------------\n") + args.prompt + tokenizer.decode(body) + "\n")
+    sys.stdout.flush()
+    ttft = (t_first[0] - t0) if t_first[0] is not None else elapsed
+    rate = n_generated / elapsed if elapsed > 0 else float("inf")
+    print(f"sample.py: {n_generated} tokens generated, time to first token {ttft * 1000:.0f} ms, "
+          f"{rate:.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Recurrent decoding: prefill, generate, and the sample.py command line."""
+
+import importlib.util
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from microrwkv_jax import LanguageModel, sampling
+from microrwkv_jax.checkpoints import save_model_dir
+from tests.conftest import REPO, rel_err, tiny_config
+
+spec = importlib.util.spec_from_file_location("sample_cli", REPO / "sample.py")
+sample_cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sample_cli)
+
+
+def make(family="hybrid", **overrides):
+    return LanguageModel(tiny_config(family, vocab_size=257, **overrides), rngs=nnx.Rngs(1))
+
+
+def prompt_tokens(seed, b, t):
+    return np.random.default_rng(seed).integers(0, 256, size=(b, t)).astype(np.int32)
+
+
+@nnx.jit
+def step_forward(model, x, state):
+    return model.forward(x, state)
+
+
+@pytest.mark.parametrize("family", ["hybrid", "rwkv", "gpt"])
+def test_parallel_prefill_leaves_the_state_of_token_by_token_decoding(family):
+    model = make(family, gqa_window=None if family != "hybrid" else 12)
+    prompt = prompt_tokens(0, 2, 77)      # one parallel piece of 64 and 13 masked tokens
+    logits, state = sampling.prefill(model, prompt, max_len=100)
+    ref_state = model.init_state(2, sampling._capacity(100))
+    for i in range(77):
+        ref_logits, ref_state, _ = step_forward(model, jnp.asarray(prompt[:, i:i + 1]), ref_state)
+    assert rel_err(logits, ref_logits[:, 0]) <= 1e-5
+    assert int(state["pos"]) == 77
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
+        assert a.shape == b.shape
+        if a.size and np.any(np.asarray(b)):
+            assert rel_err(a, b) <= 1e-5
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce():
+    model = make("hybrid")
+    prompt = prompt_tokens(1, 1, 9)
+    g1 = sampling.generate(model, prompt, 20, temperature=0.0)
+    g2 = sampling.generate(model, prompt, 20, temperature=0.0)
+    np.testing.assert_array_equal(g1, g2)
+    s1 = sampling.generate(model, prompt, 20, temperature=1.0, top_k=50, seed=7)
+    s2 = sampling.generate(model, prompt, 20, temperature=1.0, top_k=50, seed=7)
+    s3 = sampling.generate(model, prompt, 20, temperature=1.0, top_k=50, seed=8)
+    np.testing.assert_array_equal(s1, s2)
+    assert not np.array_equal(s1, s3)
+
+
+def test_batched_samples_equal_samples_drawn_one_at_a_time():
+    model = make("rwkv")
+    prompt = np.tile(prompt_tokens(2, 1, 11), (3, 1))
+    batch = sampling.generate(model, prompt, 24, temperature=1.0, top_p=0.9, seed=5)
+    for i in range(3):
+        alone = sampling.generate(model, prompt[:1], 24, temperature=1.0, top_p=0.9, seed=5 + i)
+        np.testing.assert_array_equal(batch[i], alone[0])
+    assert not np.array_equal(batch[0], batch[1])
+
+
+def test_new_prompt_lengths_do_not_recompile():
+    model = make("rwkv")
+    sampling.generate(model, prompt_tokens(3, 1, 5), 20, temperature=0.0)
+    sampling.generate(model, prompt_tokens(3, 1, 70), 20, temperature=0.0)
+    sizes = (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size(),
+             sampling._prefill_masked._cache_size())
+    for length in (3, 41, 130, 150):
+        sampling.generate(model, prompt_tokens(4, 1, length), 20, temperature=0.0)
+    assert (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size(),
+            sampling._prefill_masked._cache_size()) == sizes
+
+
+def test_stop_token_ends_rows_and_pads():
+    model = make("rwkv")
+    prompt = prompt_tokens(5, 2, 4)
+    free = sampling.generate(model, prompt, 30, temperature=0.0)
+    stop = int(free[0, 3])            # greedy row 0 emits this token at step 3
+    out = sampling.generate(model, prompt, 30, temperature=0.0, stop_token=stop)
+    first = list(out[0]).index(stop)
+    assert first <= 3 and np.all(out[0, first:] == stop)
+    np.testing.assert_array_equal(out[0, :first], free[0, :first])
+
+
+def test_top_k_one_is_greedy_and_sample_logits_respects_top_p():
+    logits = jnp.asarray([[0.0, 3.0, 1.0, 2.9]])
+    keys = sampling._row_keys(0, 1, 0)
+    assert int(sampling.sample_logits(logits, keys, 1.0, 1, None)[0]) == 1
+    draws = {int(sampling.sample_logits(logits, sampling._row_keys(s, 1, 0), 1.0, None, 0.5)[0]) for s in range(40)}
+    assert draws == {1, 3}
+
+
+# --- sample.py --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model = make("hybrid")
+    path = tmp_path_factory.mktemp("ckpt") / "story-model"
+    save_model_dir(path, model, {"model": model.config.to_dict(), "tokenizer": "byte"})
+    return path
+
+
+def test_cli_streams_text_and_reports_speed(model_dir, capsys):
+    assert sample_cli.main(["--ckpt", str(model_dir), "--prompt", "One day", "--max_new_tokens", "12",
+                            "--temperature", "0", "--no_stop"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("One day") and out.endswith("\n")
+    assert err.strip().splitlines()[-1].startswith("sample.py: 12 tokens generated, time to first token ")
+    assert err.strip().endswith("tokens/s")
+    model = make("hybrid")
+    expected = sampling.generate(model, np.asarray([list(b"One day")], np.int32), 12, temperature=0.0)
+    assert out == "One day" + bytes(int(t) for t in expected[0] if t < 256).decode("utf-8", "replace") + "\n"
+
+
+def test_cli_published_generate_aliases(model_dir, capsys):
+    out_dir = model_dir.parent
+    assert sample_cli.main(["--out_dir", str(out_dir), "--model_name", "story-model", "--max_num_tokens", "5",
+                            "--temperature", "0", "--no_stop", "--num_samples", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "sample.py: 10 tokens generated" in err
+    assert out.count("---------------") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ckpt", "/nonexistent/ckpt"], "/nonexistent/ckpt: no such checkpoint (train one with train.py, or pass --ckpt)"),
+    (["--max_new_tokens", "0"], "--max_new_tokens=0: must be >= 1"),
+    (["--model_name", "nope", "--out_dir", "/nonexistent"],
+     "--model_name nope: none of /nonexistent/nope, /nonexistent/nope.pth, /nonexistent/nope.pt exists"),
+])
+def test_cli_bad_input(argv, message, capsys):
+    assert sample_cli.main(argv) == 1
+    assert capsys.readouterr().err == f"sample.py: error: {message}\n"
+
+
+def test_cli_unencodable_prompt_and_exit_status(model_dir):
+    done = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(model_dir), "--prompt", "caf\udce9"],
+                          capture_output=True, text=True, cwd=REPO, errors="surrogateescape")
+    assert done.returncode == 1
+    assert done.stderr == ("sample.py: error: --prompt: character '\\udce9' at position 3 cannot be encoded "
+                           "by the byte tokenizer\n")
+    assert done.stdout == ""
