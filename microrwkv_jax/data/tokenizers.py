@@ -1,8 +1,8 @@
 """Tokenizers: `byte` (UTF-8 bytes, no files) and `gpt2` (tiktoken's BPE, offline from its cache).
 
-`gpt2` needs tiktoken's BPE file. Offline, put the GPT-2 ranks file (`r50k_base`, identical
-to `gpt2`) into a directory under the name tiktoken caches it by, and point TIKTOKEN_CACHE_DIR
-there; or set MICRORWKV_GPT2_BPE to the file's path:
+`gpt2` is tiktoken's `r50k_base` encoding (the same ranks as `gpt2`). Offline, put its BPE
+file into a directory under the name tiktoken caches it by, and point TIKTOKEN_CACHE_DIR there;
+or set MICRORWKV_GPT2_BPE to the file's path:
 
     mkdir -p ~/.cache/tiktoken && cp gpt2.tiktoken ~/.cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
     export TIKTOKEN_CACHE_DIR=~/.cache/tiktoken
@@ -48,7 +48,8 @@ class GPT2Tokenizer:
                                          special_tokens={"<|endoftext|>": 50256})
         else:
             try:
-                self.enc = tiktoken.get_encoding("gpt2")
+                # r50k_base has GPT-2's ranks and is read from one cacheable file (gpt2 needs two).
+                self.enc = tiktoken.get_encoding("r50k_base")
             except Exception as err:   # tiktoken raises assorted network errors offline
                 raise ValueError("tokenizer 'gpt2': tiktoken could not load its BPE file (offline?); set "
                                  "TIKTOKEN_CACHE_DIR or MICRORWKV_GPT2_BPE as the README describes") from err

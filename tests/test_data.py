@@ -1,0 +1,137 @@
+"""The story corpus (unambiguous grammar, exact entropy floor), tokenizers and the input pipeline."""
+
+import json
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from microrwkv_jax.data import pipeline, stories
+from microrwkv_jax.data.tokenizers import ByteTokenizer, get_tokenizer
+
+
+def test_generated_stories_parse_back_to_their_choices():
+    rng = np.random.default_rng(2024)
+    for _ in range(300):
+        text, choices, logp = stories.sample_story(rng)
+        parses = stories.parse(text)
+        assert len(parses) == 1, text
+        assert parses[0][0] == choices
+        assert math.isclose(parses[0][1], logp, rel_tol=1e-12)
+
+
+def test_parser_rejects_text_outside_the_grammar():
+    text, _, _ = stories.sample_story(np.random.default_rng(1))
+    assert stories.parse(text + " Extra words.") == []
+    assert stories.parse(text.replace(" named ", " nammed ", 1).replace(" called ", " caled ", 1)) == []
+    with pytest.raises(ValueError, match="not a story of the grammar"):
+        stories.story_log_prob("Hello world.")
+
+
+def test_story_probabilities_sum_to_one_over_choices():
+    """Exact check of the generator's normalisation: sum of p over a complete enumeration of one choice."""
+    total = sum(stories.NAMES.probs)
+    assert math.isclose(total, 1.0)
+    # Monte Carlo: mean of 1/p over samples estimates the number of distinct stories (finite, > 1e6).
+    texts, logps = stories.generate_stories(2000, 3)
+    assert len(set(texts)) > 1900          # rich: almost no repeats
+    assert np.all(logps < 0)
+
+
+def test_entropy_floor_is_exact_and_far_below_ngram_models(tmp_path):
+    cfg = ml_collections.ConfigDict(dict(num_train_stories=3000, num_val_stories=200, story_seed=7, val_fraction=0.02,
+                                         text_field="text", tfds_data_dir=None, tfds_val_split="validation",
+                                         cache_dir=str(tmp_path)))
+    tok = ByteTokenizer()
+    data = pipeline.prepare_data("stories", cfg, tok, progress=False)
+    texts, logps = stories.generate_stories(200, 7 + 1_000_003)
+    floor = data.info["entropy_floor"]
+    n_bytes = sum(len(t.encode()) for t in texts)
+    assert math.isclose(floor["nats_per_byte"], -logps.sum() / n_bytes, rel_tol=1e-12)
+    assert math.isclose(floor["nats_per_token"], -logps.sum() / (n_bytes + 200), rel_tol=1e-12)
+    inputs, targets, used, _ = pipeline.val_windows(data, 384, tok.eot_id)
+    assert len(used) == 200 and int(np.sum(targets >= 0)) == n_bytes + 200
+    scored_floor = pipeline.floor_for_documents(data.info, used, int(np.sum(targets >= 0)))
+    assert math.isclose(scored_floor, floor["nats_per_token"], rel_tol=1e-12)
+    ladder = pipeline.ngram_baselines(data.train, inputs, targets, tok.vocab_size)
+    assert ladder["unigram"] > ladder["bigram"] > 10 * scored_floor
+
+
+def test_val_windows_start_at_document_starts_and_pad_with_ignored_targets(tmp_path):
+    cfg = ml_collections.ConfigDict(dict(num_train_stories=50, num_val_stories=30, story_seed=1, val_fraction=0.02,
+                                         text_field="text", tfds_data_dir=None, tfds_val_split="validation",
+                                         cache_dir=str(tmp_path)))
+    data = pipeline.prepare_data("stories", cfg, ByteTokenizer(), progress=False)
+    inputs, targets, used, window = pipeline.val_windows(data, 400, 256)
+    assert np.all(inputs[:, 0] == 256)
+    for row_in, row_t in zip(inputs, targets):
+        n = int(np.sum(row_t >= 0))
+        assert np.all(row_t[n:] == -1) and row_t[n - 1] == 256
+        np.testing.assert_array_equal(row_in[1:n], row_t[: n - 1])
+    assert np.all(np.diff(window) >= 0)
+
+
+def test_train_batches_are_a_pure_function_of_seed_and_step():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    a = pipeline.train_batch(tokens, 3, 17, 8, 32)
+    b = pipeline.train_batch(tokens, 3, 17, 8, 32)
+    c = pipeline.train_batch(tokens, 3, 18, 8, 32)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (8, 33) and a.dtype == np.int32 and not np.array_equal(a, c)
+    np.testing.assert_array_equal(np.diff(a, axis=1), 1)     # contiguous windows
+
+
+def test_cache_is_reused_and_local_files_are_read(tmp_path):
+    (tmp_path / "a.txt").write_text("First story.\n\nSecond story.\n\n\nThird one.")
+    (tmp_path / "b.txt").write_text("Doc one<|endoftext|>Doc two\n\n still two<|endoftext|>")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "Json doc"}) + "\n\n" + json.dumps({"text": "Last"}) + "\n")
+    docs = pipeline.read_local_documents(str(tmp_path / "*"), "text")
+    assert docs == ["First story.", "Second story.", "Third one.", "Doc one", "Doc two\n\n still two", "Json doc", "Last"]
+    cfg = ml_collections.ConfigDict(dict(val_fraction=0.3, text_field="text", cache_dir=str(tmp_path / "cache"),
+                                         tfds_data_dir=None, tfds_val_split="validation"))
+    tok = ByteTokenizer()
+    first = pipeline.prepare_data(str(tmp_path / "*.*"), cfg, tok, progress=False)
+    second = pipeline.prepare_data(str(tmp_path / "*.*"), cfg, tok, progress=False)
+    assert first.info["cache"] == second.info["cache"]
+    assert tok.decode(np.asarray(first.train)) == "First story.Second story.Third one.Doc oneDoc two\n\n still two"
+    assert first.info["val_documents"] == 2 and "entropy_floor" not in first.info
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1 is not a JSON object with a 'text' field$"):
+        pipeline.read_local_documents(str(tmp_path / "bad.jsonl"), "text")
+
+
+def test_gpt2_tokenizer_offline(gpt2_bpe, monkeypatch):
+    monkeypatch.setenv("MICRORWKV_GPT2_BPE", str(gpt2_bpe))
+    tok = get_tokenizer("gpt2")
+    ids = tok.encode("Once upon a time, there was a little girl.")
+    assert ids[:4] == [7454, 2402, 257, 640] and tok.decode(ids) == "Once upon a time, there was a little girl."
+    assert tok.eot_id == 50256 and tok.vocab_size == 50257
+
+
+def test_gpt2_through_tiktoken_cache_dir(gpt2_bpe, tmp_path, monkeypatch):
+    import shutil
+    shutil.copy(gpt2_bpe, tmp_path / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("MICRORWKV_GPT2_BPE", raising=False)
+    assert get_tokenizer("gpt2").encode("Hello world") == [15496, 995]
+
+
+def test_unknown_tokenizer():
+    with pytest.raises(ValueError, match=r"^tokenizer: unknown tokenizer 'bpe'; expected one of \('byte', 'gpt2'\)$"):
+        get_tokenizer("bpe")
+
+
+def test_tfds_array_record_source_without_tensorflow(tmp_path):
+    import sys
+    pytest.importorskip("importlib_resources", reason="building a TFDS dataset needs the test extra")
+    from tests.tfds_fixture.tiny_stories_text.tiny_stories_text_dataset_builder import Builder
+    builder = Builder(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare()
+    cfg = ml_collections.ConfigDict(dict(val_fraction=0.1, text_field="text", cache_dir=str(tmp_path / "cache"),
+                                         tfds_data_dir=str(tmp_path / "tfds"), tfds_val_split="validation"))
+    data = pipeline.prepare_data(f"tfds:{builder.name}", cfg, ByteTokenizer(), progress=False)
+    assert data.info["train_documents"] == 40 and data.info["val_documents"] == 6
+    texts, _ = stories.generate_stories(40, 0)
+    assert data.info["train_tokens"] == sum(len(t.encode()) + 1 for t in texts)
+    assert "tensorflow" not in sys.modules
