@@ -216,3 +216,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     params, meta = final_params(out)
     assert meta["step"] == bad_step
     assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_plot_draws_loss_curves_png(tmp_path):
+    out = tmp_path / "run"
+    train_cli(out, "--config.model.family=rwkv")
+    from microrwkv_jax.plot import main
+    assert main([str(out)]) == 0
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
