@@ -91,7 +91,8 @@ def validate_config(cfg) -> None:
         raise ValueError(f"init_from={cfg.init_from!r}: no such checkpoint")
     if cfg.tokenizer not in ("byte", "gpt2"):
         raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected 'byte' or 'gpt2'")
-    model_config_from(cfg, 1, backend="cpu")     # model sub-config errors surface now, before JAX starts
+    vocab = {"byte": 257, "gpt2": 50257}[cfg.tokenizer]
+    model_config_from(cfg, vocab, backend="cpu")     # model sub-config errors surface now, before JAX starts
 
 
 # --- Optimisation ------------------------------------------------------------------------------
@@ -340,6 +341,17 @@ class Run:
         self.step = int(restored.meta["step"])
 
 
+def check_writable(out: pathlib.Path) -> None:
+    """Fail unless out_dir exists as a writable directory or can be created."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainingError(f"out_dir={str(out)!r} is not writable ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"out_dir={str(out)!r} is not writable (permission denied on {existing})")
+
+
 def log_line(path: pathlib.Path, record: dict) -> None:
     if jax.process_index() == 0:
         with open(path, "a") as f:
@@ -351,14 +363,9 @@ def train(cfg) -> dict:
     from tqdm import tqdm
 
     out = pathlib.Path(cfg.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}-{jax.process_index()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise TrainingError(f"out_dir={str(out)!r} is not writable ({err.strerror or err})") from None
-    run = Run(cfg)
+    check_writable(out)
+    run = Run(cfg)          # data and model first: bad input fails before out_dir is created
+    out.mkdir(parents=True, exist_ok=True)
     manager = checkpoint_manager(out, cfg)
     latest = manager.latest_step()
     if latest is not None:

@@ -209,3 +209,13 @@ def test_existing_output_is_kept_unless_forced(tmp_path, capsys):
     idx = random_tokens(6, 1, 9)
     assert rel_err(jax_logits(model, idx), torch_logits(tm, idx)) <= 1e-5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_torch_reference_chunked_wkv_equals_its_token_loop():
+    from tests import torch_reference as ref
+    g = torch.Generator().manual_seed(0)
+    r, k, v = (torch.randn(2, 256, 3, 8, generator=g) for _ in range(3))
+    w = torch.rand(3, generator=g).clamp(0.01, 0.999).view(1, 3, 1, 1)
+    u = torch.randn(3, generator=g).view(1, 3, 1, 1)
+    a, b = ref.wkv_chunked(r, k, v, w, u), ref.wkv_loop(r, k, v, w, u)
+    assert rel_err(a.numpy(), b.numpy()) <= 1e-5
