@@ -387,6 +387,10 @@ def train(cfg) -> dict:
         say(f"resumed from {out / 'checkpoints' / str(latest)} at step {latest}")
 
     if cfg.eval_only:
+        if latest is None and cfg.init_from == "scratch":
+            manager.close()
+            raise TrainingError(f"eval_only: no checkpoint in {out / 'checkpoints'} and init_from='scratch'; "
+                                "nothing to evaluate")
         val = run.evaluate()
         record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor}
         baselines = pipeline.ngram_baselines(run.data.train, run.val_inputs, run.val_targets, run.tokenizer.vocab_size)

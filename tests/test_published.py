@@ -94,7 +94,7 @@ def test_checkpoint_variants_convert(tmp_path, bias, prefix, dtype):
 def test_greedy_decoding_matches_pytorch_generate(converted):
     tm, model, config, _ = converted
     prompt = random_tokens(9, 1, 5)
-    expected = tm.generate(torch.as_tensor(np.asarray(prompt), dtype=torch.long), 32, top_k=1).numpy()
+    expected = tm.generate(torch.tensor(np.array(prompt), dtype=torch.long), 32, top_k=1).numpy()
     from microrwkv_jax.sampling import generate
     ours = generate(model, np.asarray(prompt), max_new_tokens=32, temperature=0.0)
     np.testing.assert_array_equal(np.asarray(ours), expected[:, 5:])

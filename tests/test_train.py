@@ -225,3 +225,29 @@ def test_plot_draws_loss_curves_png(tmp_path):
     assert main([str(out)]) == 0
     png = (out / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_fine_tune_from_a_converted_published_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is the test extra: pip install -e '.[test]'")
+    from microrwkv_jax.convert import main as convert_main
+    from tests.torch_reference import PublishedTorchModel, save_published_checkpoint
+    args = dict(block_size=384, vocab_size=320, n_layer=2, n_head=2, n_embd=32, num_experts=4, num_active_experts=4,
+                expert_dim=32, dim=32, dropout=0.0, bias=False)
+    torch.manual_seed(0)
+    pth = tmp_path / "ckpt-500.pth"
+    save_published_checkpoint(pth, PublishedTorchModel(args), args)
+    assert convert_main([str(pth), "--tokenizer", "byte"]) == 0
+    out = tmp_path / "finetune"
+    done = train_cli(out, f"--config.init_from={tmp_path / 'ckpt-500'}", config="configs/microrwkv_ref.py")
+    assert "model: published" in done.stderr
+    params, meta = final_params(out)
+    from microrwkv_jax.checkpoints import flat_params, restore_model_dir
+    model, config, _ = restore_model_dir(tmp_path / "ckpt-500")
+    assert meta["model"] == config.to_dict()
+    before = {k: np.asarray(v) for k, v in flat_params(model).items()}
+    assert before.keys() == params.keys()
+    assert any(not np.array_equal(before[k], params[k]) for k in before)      # it trained
+    # eval_only on the converted checkpoint itself reports its validation loss
+    done = train_cli(tmp_path / "eval", f"--config.init_from={tmp_path / 'ckpt-500'}", "--config.eval_only=True",
+                     config="configs/microrwkv_ref.py")
+    assert any(l.startswith("eval: val_loss ") for l in done.stderr.splitlines())
