@@ -1,4 +1,5 @@
-"""The default demo: a small causal hybrid on the built-in story corpus, byte tokens, CPU-sized.
+"""The default demo: a small causal hybrid on the built-in story corpus, byte tokens, CPU-sized
+(about 10 minutes on 2 CPU cores; see the README for what it reaches).
 
     python train.py --config configs/tiny.py
 """
@@ -13,9 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.out_dir = "out"                 # the run directory: checkpoints/, metrics.jsonl
     c.init_from = "scratch"           # or a checkpoint: a model dir, a run dir or a published .pth
     c.eval_only = False
-    c.num_train_steps = 600
+    c.num_train_steps = 550
     c.max_train_minutes = ml_collections.FieldReference(None, field_type=float)   # stop early after this
-    c.batch_size = 16                 # global batch, split over devices and processes
+    c.batch_size = 8                  # global batch, split over devices and processes
     c.grad_accum_steps = 1
     c.learning_rate = 3e-3
     c.min_learning_rate = 3e-4
@@ -25,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.beta2 = 0.99
     c.grad_clip = 1.0
     c.moe_aux_weight = 0.01
-    c.eval_every = 100
+    c.eval_every = 50
     c.eval_batches = 4                # validation windows scored per eval: eval_batches * batch_size
     c.log_every = 10
     c.checkpoint_every = 100

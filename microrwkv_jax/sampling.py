@@ -3,9 +3,8 @@
 Causal models decode recurrently at constant cost per token: the prompt is prefilled in
 parallel (chunked WKV, attention over the prompt) into a decoding state, then a compiled
 `lax.scan` samples and feeds back `block` tokens per device call. Per-token work happens on
-the device; the host only streams each finished block. Shapes do not depend on the prompt
-length (the prompt is fed in fixed-size pieces, the last one masked), so a new prompt length
-does not recompile.
+the device; the host only streams each finished block. The prompt is fed in pieces of
+PREFILL_PIECE tokens and powers of two, so a new prompt length does not recompile.
 
 The published architecture is not causal and has no recurrent form: like the original
 sampler it reruns the whole (cropped) context for every new token.
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-PREFILL_PIECE = 64     # prompt tokens per parallel prefill call
+PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
 MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
 
 
@@ -61,22 +60,6 @@ def _prefill_piece(graphdef, params, state, tokens):
     return logits[:, -1], state
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _prefill_masked(graphdef, params, state, last_logits, tokens, num_valid):
-    """Feed tokens[:, :num_valid] one at a time; later columns leave the state untouched."""
-    model = nnx.merge(graphdef, params)
-
-    def step(carry, i):
-        state, last = carry
-        logits, new_state, _ = model.forward(tokens[:, i][:, None], state)
-        keep = i < num_valid
-        state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
-        return (state, jnp.where(keep, logits[:, 0], last)), None
-
-    (state, last_logits), _ = jax.lax.scan(step, (state, last_logits), jnp.arange(tokens.shape[1]))
-    return last_logits, state
-
-
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
 def _decode_block(graphdef, params, state, last_logits, done, block, temperature, top_k, top_p, seed,
                   stop_token):
@@ -96,17 +79,22 @@ def _decode_block(graphdef, params, state, last_logits, done, block, temperature
     return tokens.T, state, last_logits, done
 
 
-def _prefill(graphdef, params, state, prompt, vocab_size: int):
+def prefill_pieces(length: int) -> list:
+    """Split a prompt into pieces of PREFILL_PIECE tokens, then powers of two: 77 -> [64, 8, 4, 1].
+    Each piece runs in parallel (chunked WKV, attention over the piece), and only
+    log2(PREFILL_PIECE) + 1 piece shapes ever compile, whatever the prompt length."""
+    pieces = [PREFILL_PIECE] * (length // PREFILL_PIECE)
+    rest = length % PREFILL_PIECE
+    pieces += [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
+    return pieces
+
+
+def _prefill(graphdef, params, state, prompt):
     """Run the prompt [B, T] through the model; returns (last position's logits, state)."""
-    b, t = prompt.shape
-    full = (t // PREFILL_PIECE) * PREFILL_PIECE
-    last = jnp.zeros((b, vocab_size), jnp.float32)
-    for start in range(0, full, PREFILL_PIECE):
-        last, state = _prefill_piece(graphdef, params, state, prompt[:, start:start + PREFILL_PIECE])
-    if t > full:
-        rest = np.zeros((b, PREFILL_PIECE), np.int32)
-        rest[:, : t - full] = prompt[:, full:]
-        last, state = _prefill_masked(graphdef, params, state, last, jnp.asarray(rest), t - full)
+    start = 0
+    for size in prefill_pieces(prompt.shape[1]):
+        last, state = _prefill_piece(graphdef, params, state, jnp.asarray(prompt[:, start:start + size]))
+        start += size
     return last, state
 
 
@@ -115,7 +103,7 @@ def prefill(model, prompt, max_len: int):
     graphdef, params = nnx.split(model)
     prompt = np.asarray(prompt, np.int32)
     state = model.init_state(prompt.shape[0], _capacity(max_len))
-    return _prefill(graphdef, params, state, prompt, model.config.vocab_size)
+    return _prefill(graphdef, params, state, prompt)
 
 
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -140,7 +128,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 1.0, to
     graphdef, params = nnx.split(model)
     b, t = prompt.shape
     state = model.init_state(b, _capacity(t + max_new_tokens + block))
-    logits, state = _prefill(graphdef, params, state, prompt, model.config.vocab_size)
+    logits, state = _prefill(graphdef, params, state, prompt)
     done = jnp.zeros((b,), bool)
     stop = -1 if stop_token is None else int(stop_token)
     out = []

@@ -180,24 +180,24 @@ def latest_run_checkpoint(run_dir) -> Optional[int]:
     return checkpoint_manager(run_dir, None, read_only=True).latest_step()
 
 
-def restore_run_params(run_dir, step: Optional[int] = None):
-    """(flat params as numpy, meta) of a training run's checkpoint (the latest by default)."""
+def _restore_items(run_dir, step: Optional[int], **items):
+    """Restore the named items of a run's checkpoint (the latest complete one by default)."""
     manager = checkpoint_manager(run_dir, None, read_only=True)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint in {pathlib.Path(run_dir) / 'checkpoints'}")
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
-                                                             meta=ocp.args.JsonRestore()))
+    return manager.restore(step, args=ocp.args.Composite(**items))
+
+
+def restore_run_params(run_dir, step: Optional[int] = None):
+    """(flat params as numpy, meta) of a training run's checkpoint (the latest by default)."""
+    restored = _restore_items(run_dir, step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
     return dict(restored.params), restored.meta
 
 
 def read_run_meta(run_dir, step: Optional[int] = None) -> dict:
     """The metadata (model config, tokenizer, step) of a run's checkpoint, without its arrays."""
-    manager = checkpoint_manager(run_dir, None, read_only=True)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint in {pathlib.Path(run_dir) / 'checkpoints'}")
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return _restore_items(run_dir, step, meta=ocp.args.JsonRestore()).meta
 
 
 def load_init_params(path):
@@ -227,6 +227,12 @@ def initialize_distributed(cfg) -> None:
     pid = int(os.environ["JAX_PROCESS_ID"]) if pid is None else pid
     jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU processes talk over gloo
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+
+
+def process_rows(global_batch: int) -> slice:
+    """This process's rows of a global batch (processes own equal, consecutive blocks of rows)."""
+    per_process = global_batch // jax.process_count()
+    return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
 
 class Run:
@@ -294,10 +300,10 @@ class Run:
     def global_batch(self, step: int):
         """The global batch of `step` as a sharded array; each process supplies only its rows."""
         cfg = self.cfg
-        rows = pipeline.train_batch(self.data.train, cfg.seed, step, cfg.batch_size, self.model_config.block_size)
-        per_process = cfg.batch_size // jax.process_count()
-        local = rows[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-        return jax.make_array_from_process_local_data(self.batch_sharding, local, rows.shape)
+        local = pipeline.train_batch(self.data.train, cfg.seed, step, cfg.batch_size, self.model_config.block_size,
+                                     process_rows(cfg.batch_size))
+        return jax.make_array_from_process_local_data(self.batch_sharding, local,
+                                                      (cfg.batch_size, self.model_config.block_size + 1))
 
     def evaluate(self) -> float:
         total, count = 0.0, 0
@@ -308,10 +314,9 @@ class Run:
             if x.shape[0] < b:   # pad to the static batch with unscored rows
                 x = np.concatenate([x, np.full((b - x.shape[0], x.shape[1]), self.tokenizer.eot_id, np.int32)])
                 y = np.concatenate([y, np.full((b - y.shape[0], y.shape[1]), -1, np.int32)])
-            per_process = b // jax.process_count()
-            sl = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-            xs = jax.make_array_from_process_local_data(self.batch_sharding, x[sl], x.shape)
-            ys = jax.make_array_from_process_local_data(self.batch_sharding, y[sl], y.shape)
+            mine = process_rows(b)
+            xs = jax.make_array_from_process_local_data(self.batch_sharding, x[mine], x.shape)
+            ys = jax.make_array_from_process_local_data(self.batch_sharding, y[mine], y.shape)
             loss_sum, n_tok = self.eval_step(self.params, xs, ys)
             total += float(loss_sum)
             count += int(n_tok)
@@ -439,8 +444,9 @@ def train(cfg) -> dict:
                 record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor}
                 log_line(metrics_path, record)
                 last.update(record)
-                bar.write(f"step {run.step}: val_loss {val:.4f}" + (f"  entropy floor {run.floor:.4f}" if run.floor else ""),
-                          file=sys.stderr) if run.progress else None
+                if run.progress:
+                    bar.write(f"step {run.step}: val_loss {val:.4f}"
+                              + (f"  entropy floor {run.floor:.4f}" if run.floor else ""), file=sys.stderr)
             if save_now:
                 run.save(manager, {"val_loss": last["val_loss"]} if eval_now else None)
                 t_last = time.perf_counter()

@@ -35,7 +35,8 @@ def step_forward(model, x, state):
 @pytest.mark.parametrize("family", ["hybrid", "rwkv", "gpt"])
 def test_parallel_prefill_leaves_the_state_of_token_by_token_decoding(family):
     model = make(family, gqa_window=None if family != "hybrid" else 12)
-    prompt = prompt_tokens(0, 2, 77)      # one parallel piece of 64 and 13 masked tokens
+    prompt = prompt_tokens(0, 2, 77)      # parallel pieces of 64, 8, 4 and 1 tokens
+    assert sampling.prefill_pieces(77) == [64, 8, 4, 1]
     logits, state = sampling.prefill(model, prompt, max_len=100)
     ref_state = model.init_state(2, sampling._capacity(100))
     for i in range(77):
@@ -73,14 +74,11 @@ def test_batched_samples_equal_samples_drawn_one_at_a_time():
 
 def test_new_prompt_lengths_do_not_recompile():
     model = make("rwkv")
-    sampling.generate(model, prompt_tokens(3, 1, 5), 20, temperature=0.0)
-    sampling.generate(model, prompt_tokens(3, 1, 70), 20, temperature=0.0)
-    sizes = (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size(),
-             sampling._prefill_masked._cache_size())
-    for length in (3, 41, 130, 150):
+    sampling.generate(model, prompt_tokens(3, 1, 127), 20, temperature=0.0)   # pieces 64, 32, ..., 1
+    sizes = (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size())
+    for length in (3, 41, 130, 150, 200):
         sampling.generate(model, prompt_tokens(4, 1, length), 20, temperature=0.0)
-    assert (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size(),
-            sampling._prefill_masked._cache_size()) == sizes
+    assert (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size()) == sizes
 
 
 def test_stop_token_ends_rows_and_pads():

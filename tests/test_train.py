@@ -251,3 +251,18 @@ def test_fine_tune_from_a_converted_published_checkpoint(tmp_path):
     done = train_cli(tmp_path / "eval", f"--config.init_from={tmp_path / 'ckpt-500'}", "--config.eval_only=True",
                      config="configs/microrwkv_ref.py")
     assert any(l.startswith("eval: val_loss ") for l in done.stderr.splitlines())
+
+
+def test_checkpoint_manager_keeps_the_last_k_and_the_best(tmp_path):
+    import ml_collections
+    import orbax.checkpoint as ocp
+    from microrwkv_jax.train_lib import checkpoint_manager
+    manager = checkpoint_manager(tmp_path, ml_collections.ConfigDict({"keep_checkpoints": 2}))
+    for step, val in zip(range(1, 7), [5.0, 1.0, 4.0, 3.0, 6.0, 7.0]):
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave({"w": np.full(3, step, np.float32)}),
+                                                   opt_state=ocp.args.StandardSave({"m": np.zeros(1)}),
+                                                   meta=ocp.args.JsonSave({"step": step})),
+                     metrics={"val_loss": val})
+        manager.wait_until_finished()
+    manager.close()
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 5, 6]

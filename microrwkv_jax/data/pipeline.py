@@ -164,10 +164,12 @@ def prepare_data(dataset: str, data_cfg, tokenizer, progress: bool = True) -> To
 
 # --- Batches -----------------------------------------------------------------------------------
 
-def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, block_size: int) -> np.ndarray:
-    """Random windows int32 [batch_size, block_size + 1]; a pure function of (seed, step)."""
+def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, block_size: int,
+                rows: slice = slice(None)) -> np.ndarray:
+    """Rows `rows` of the global batch of random windows int32 [batch_size, block_size + 1]; a pure
+    function of (seed, step). Every process draws all offsets but reads only its own rows."""
     rng = np.random.default_rng([seed, step])
-    offsets = rng.integers(0, tokens.size - block_size - 1, size=batch_size)
+    offsets = rng.integers(0, tokens.size - block_size - 1, size=batch_size)[rows]
     return np.stack([tokens[o:o + block_size + 1] for o in offsets]).astype(np.int32)
 
 

@@ -1,0 +1,44 @@
+"""bench.py runs each subcommand and prints the documented JSON fields (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def bench(*args):
+    done = subprocess.run([sys.executable, str(REPO / "bench.py"), *args, "--json"], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_wkv_and_train_subcommands():
+    rows = bench("wkv", "--shape", "1,16,1,4", "--chunks", "8", "--repeats", "1", "--warmup", "0")
+    assert {(r["form"], r["mode"]) for r in rows} >= {("chunked_q8", "forward+backward"), ("scan", "forward"),
+                                                     ("step", "forward (one token)")}
+    assert all(r["ms"] > 0 and r["device"] and r["jax"] for r in rows)
+    (row,) = bench("train", "--config", str(REPO / "configs/rwkv.py"), "--config.model.n_layer=1",
+                   "--config.model.n_embd=32", "--config.model.block_size=32", "--config.batch_size=2",
+                   "--steps", "1", "--warmup", "0")
+    assert row["tokens_per_s"] > 0 and "mfu" in row and row["batch"] == 2 and row["block"] == 32
+
+
+def test_generate_writes_json_and_png(tmp_path):
+    rows = bench("generate", "--size", "tiny", "--contexts", "16,200", "--families", "rwkv,published",
+                 "--steps", "1", "--warmup", "0", "--out", str(tmp_path))
+    assert [(r["family"], r["context"]) for r in rows] == [("rwkv", 16), ("rwkv", 200), ("published", 16),
+                                                           ("published", 200)]
+    assert all(r["ms_per_token"] > 0 for r in rows)
+    assert (tmp_path / "generate.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((tmp_path / "generate.json").read_text())) == 4
+
+
+def test_vs_torch_reports_speedup():
+    pytest.importorskip("torch", reason="torch is the test extra: pip install -e '.[test]'")
+    rows = bench("vs-torch", "--size", "tiny", "--repeats", "1", "--warmup", "0")
+    assert [r["what"] for r in rows] == ["forward", "train_step"]
+    assert all(r["speedup"] > 0 for r in rows)
