@@ -18,7 +18,7 @@ from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.layers.attention import CausalSelfAttention
-from microrwkv_jax.layers.linears import STD
+from microrwkv_jax.layers.linears import STD, tied_logits
 from microrwkv_jax.layers.mlp import MLP
 from microrwkv_jax.layers.moe import TinyMoE
 from microrwkv_jax.layers.normalization import RMSNorm, layer_norm
@@ -94,7 +94,7 @@ class LanguageModel(nnx.Module):
         self.wte = nnx.Embed(config.padded_vocab_size, config.n_embd,
                              embedding_init=nnx.initializers.normal(STD), rngs=rngs)
         self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(config.n_layer)])
-        self.ln_f = layer_norm(config.n_embd, config.bias, rngs)
+        self.ln_f = layer_norm(config.n_embd, config.bias, rngs, jnp.dtype(config.dtype))
 
     def init_state(self, batch: int, max_len: int):
         """A decoding state for `batch` sequences of up to `max_len` tokens (bounds global attention's cache)."""
@@ -118,8 +118,7 @@ class LanguageModel(nnx.Module):
                 aux_losses.append(aux_loss)
                 fractions.append(fraction)
         x = self.ln_f(x)
-        logits = jnp.einsum("btc,vc->btv", x, self.wte.embedding[...].astype(dtype))
-        logits = logits[..., : self.config.vocab_size].astype(jnp.float32)
+        logits = tied_logits(x, self.wte.embedding[...], self.config.vocab_size)
         aux = {"moe_aux_loss": jnp.mean(jnp.stack(aux_losses)) if aux_losses else jnp.zeros((), jnp.float32),
                "expert_fraction": jnp.stack(fractions) if fractions else None}
         new_state = None if state is None else {"pos": state["pos"] + tokens.shape[1], "blocks": new_blocks}

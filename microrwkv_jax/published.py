@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.layers.linears import STD, linear
+from microrwkv_jax.layers.linears import STD, linear, tied_logits
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 
@@ -132,7 +132,7 @@ class PublishedModel(nnx.Module):
         self.wte = nnx.Embed(config.padded_vocab_size, config.n_embd, embedding_init=normal, rngs=rngs)
         self.wpe = nnx.Embed(config.block_size, config.n_embd, embedding_init=normal, rngs=rngs)
         self.blocks = nnx.List([PublishedBlock(config, i, rngs=rngs) for i in range(config.n_layer)])
-        self.ln_f = layer_norm(config.n_embd, config.bias, rngs)
+        self.ln_f = layer_norm(config.n_embd, config.bias, rngs, jnp.dtype(config.dtype))
 
     def forward(self, tokens, state=None):
         """Same signature as `LanguageModel.forward`; there is no recurrent state (state must be None)."""
@@ -147,8 +147,7 @@ class PublishedModel(nnx.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
-        logits = jnp.einsum("btc,vc->btv", x, self.wte.embedding[...].astype(dtype))
-        logits = logits[..., : self.config.vocab_size].astype(jnp.float32)
+        logits = tied_logits(x, self.wte.embedding[...], self.config.vocab_size)
         return logits, None, {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}
 
     def __call__(self, tokens):

@@ -414,7 +414,7 @@ def train(cfg) -> dict:
         while run.step < cfg.num_train_steps:
             batch = run.global_batch(run.step)
             new_params, new_opt, metrics = run.train_step(run.params, run.opt_state, batch)
-            loss = float(metrics["loss"])
+            loss = float(metrics["loss"])     # one host sync per step: a NaN must stop before it is saved
             if not math.isfinite(loss):
                 manager.wait_until_finished()
                 kept = manager.latest_step()

@@ -41,6 +41,7 @@ class HeadGroupNorm(nnx.Module):
         return (g.reshape(shape) * self.weight[...] + self.bias[...]).astype(x.dtype)
 
 
-def layer_norm(dim: int, bias: bool, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """The final LayerNorm (eps 1e-5, two-pass variance as in PyTorch)."""
-    return nnx.LayerNorm(dim, epsilon=1e-5, use_bias=bias, use_fast_variance=False, rngs=rngs)
+def layer_norm(dim: int, bias: bool, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.LayerNorm:
+    """The final LayerNorm (eps 1e-5, two-pass variance as in PyTorch), output in `dtype` so that
+    the output head runs in the compute dtype."""
+    return nnx.LayerNorm(dim, epsilon=1e-5, use_bias=bias, use_fast_variance=False, dtype=dtype, rngs=rngs)
