@@ -166,9 +166,7 @@ def state_bytes(state) -> int:
 
 
 def bench_generate() -> None:
-    import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     from microrwkv_jax import sampling
@@ -211,7 +209,6 @@ def bench_generate() -> None:
                       "ms_per_token": ms, "state_bytes": mem}
             emit(record)
             results.append({**environment(), **record})
-        del model, params
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "generate.json").write_text(json.dumps(results, indent=1))

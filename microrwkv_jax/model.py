@@ -12,7 +12,6 @@ generation is not bounded by `block_size`.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

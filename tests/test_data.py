@@ -29,14 +29,37 @@ def test_parser_rejects_text_outside_the_grammar():
         stories.story_log_prob("Hello world.")
 
 
-def test_story_probabilities_sum_to_one_over_choices():
-    """Exact check of the generator's normalisation: sum of p over a complete enumeration of one choice."""
-    total = sum(stories.NAMES.probs)
-    assert math.isclose(total, 1.0)
-    # Monte Carlo: mean of 1/p over samples estimates the number of distinct stories (finite, > 1e6).
+def _derivations(node, env):
+    """Every (text, log-probability, env) the grammar node can produce, enumerated exhaustively."""
+    if isinstance(node, stories.Lit):
+        yield stories._fill(node.text, env), 0.0, env
+    elif isinstance(node, stories.Seq):
+        def seq(parts, env):
+            if not parts:
+                yield "", 0.0, env
+                return
+            for head, lp1, env1 in _derivations(parts[0], env):
+                for tail, lp2, env2 in seq(parts[1:], env1):
+                    yield head + tail, lp1 + lp2, env2
+        yield from seq(node.parts, env)
+    else:
+        for p, option in zip(node.probs, node.options):
+            for text, lp, env2 in _derivations(option.node, {**env, **dict(option.binds)}):
+                yield text, math.log(p) + lp, env2
+
+
+def test_opening_sub_grammar_is_unambiguous_and_normalised_exhaustively():
+    """All derivations of the opening sentence: distinct texts, each parsed back uniquely, total
+    probability exactly one (so the floor's log-probabilities are a proper distribution)."""
+    derivations = [(text, lp) for text, lp, _ in _derivations(stories.OPENING, {})]
+    texts = [t for t, _ in derivations]
+    assert len(set(texts)) == len(texts) > 1000
+    assert math.isclose(sum(math.exp(lp) for _, lp in derivations), 1.0, rel_tol=1e-9)
+    for text, lp in derivations[::37]:
+        (parse,) = stories.parse(text, stories.OPENING)
+        assert math.isclose(parse[1], lp, rel_tol=1e-12)
     texts, logps = stories.generate_stories(2000, 3)
-    assert len(set(texts)) > 1900          # rich: almost no repeats
-    assert np.all(logps < 0)
+    assert len(set(texts)) > 1900 and np.all(logps < 0)          # rich: almost no repeats
 
 
 def test_entropy_floor_is_exact_and_far_below_ngram_models(tmp_path):

@@ -1,6 +1,5 @@
 """The causal model: causality, batch independence, gradients, training, recurrent decoding."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -62,7 +61,6 @@ def loss_fn(model, x):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_parameter_gets_a_nonzero_gradient(family):
     model = make(family)
-    # Untrained RWKV layers have u = 0 in layer 0 and zero-mean decays; random weights make every path live.
     grads, aux = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model, tokens(4, 2, 24))
     flat = nnx.to_flat_state(grads)
     assert len(flat) > 10

@@ -2,12 +2,9 @@
 
 import os
 import pathlib
-import pickle
 import subprocess
 import sys
-import zipfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

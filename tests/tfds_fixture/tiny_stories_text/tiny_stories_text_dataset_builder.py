@@ -1,6 +1,5 @@
 """A tiny TFDS text dataset (built-in stories) for testing the TFDS source; built locally, no download."""
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from microrwkv_jax.data.stories import generate_stories
