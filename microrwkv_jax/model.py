@@ -17,10 +17,11 @@ from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.layers.attention import CausalSelfAttention
-from microrwkv_jax.layers.linears import STD, tied_logits
+from microrwkv_jax.layers.linears import STD
 from microrwkv_jax.layers.mlp import MLP
 from microrwkv_jax.layers.moe import TinyMoE
 from microrwkv_jax.layers.normalization import RMSNorm, layer_norm
+from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 
 
@@ -106,6 +107,11 @@ class LanguageModel(nnx.Module):
         Returns (logits float32 [B, T, vocab_size], new state or None, aux) where aux holds
         "moe_aux_loss" (mean over MoE layers; 0 without MoE) and "expert_fraction" [L_moe, E].
         """
+        x, new_state, aux = self.features(tokens, state)
+        return tied_logits(x, self.wte.embedding[...], self.config.vocab_size), new_state, aux
+
+    def features(self, tokens, state=None):
+        """`forward` without the output head: (final hidden states [B, T, C], new state, aux)."""
         dtype = jnp.dtype(self.config.dtype)
         x = self.wte.embedding[...][tokens].astype(dtype)
         start = 0 if state is None else state["pos"]
@@ -116,12 +122,10 @@ class LanguageModel(nnx.Module):
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
                 fractions.append(fraction)
-        x = self.ln_f(x)
-        logits = tied_logits(x, self.wte.embedding[...], self.config.vocab_size)
         aux = {"moe_aux_loss": jnp.mean(jnp.stack(aux_losses)) if aux_losses else jnp.zeros((), jnp.float32),
                "expert_fraction": jnp.stack(fractions) if fractions else None}
         new_state = None if state is None else {"pos": state["pos"] + tokens.shape[1], "blocks": new_blocks}
-        return logits, new_state, aux
+        return self.ln_f(x), new_state, aux
 
     def __call__(self, tokens):
         return self.forward(tokens)[0]

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.layers.linears import STD, linear, tied_logits
+from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import layer_norm
+from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 
 SWA_WINDOW = 256   # fixed in the published code
@@ -136,6 +137,11 @@ class PublishedModel(nnx.Module):
 
     def forward(self, tokens, state=None):
         """Same signature as `LanguageModel.forward`; there is no recurrent state (state must be None)."""
+        x, _, aux = self.features(tokens, state)
+        return tied_logits(x, self.wte.embedding[...], self.config.vocab_size), None, aux
+
+    def features(self, tokens, state=None):
+        """`forward` without the output head: (final hidden states [B, T, C], None, aux)."""
         if state is not None:
             raise ValueError("state: the published architecture is not causal and has no recurrent form")
         t = tokens.shape[1]
@@ -146,9 +152,7 @@ class PublishedModel(nnx.Module):
         x = (self.wte.embedding[...][tokens] + self.wpe.embedding[...][:t]).astype(dtype)
         for block in self.blocks:
             x = block(x)
-        x = self.ln_f(x)
-        logits = tied_logits(x, self.wte.embedding[...], self.config.vocab_size)
-        return logits, None, {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}
+        return self.ln_f(x), None, {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}
 
     def __call__(self, tokens):
         return self.forward(tokens)[0]

@@ -30,6 +30,7 @@ from microrwkv_jax.checkpoints import ParamCodec, build_model, is_model_dir, res
 from microrwkv_jax.config import FAMILIES, ModelConfig
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
+from microrwkv_jax.layers.output_head import tied_cross_entropy
 
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "seed", "out_dir", "init_from", "eval_only", "eval_every",
                  "tokenizer", "dataset", "model")
@@ -112,18 +113,26 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     )
 
 
-def cross_entropy(logits, targets):
-    """Mean next-token cross-entropy over targets >= 0 (nats); logits [B, T, V] float32."""
-    mask = targets >= 0
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, targets, 0))
-    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1)
+def loss_chunk_len(local_rows: int, seq_len: int, vocab_size: int, budget: Optional[int] = None) -> int:
+    """Positions per chunk of the fused head loss, so that about `budget` logits are alive at a time
+    (default: 2^23, 32 MB of float32, on CPU where staying near the caches pays; 2^28 on GPUs)."""
+    if budget is None:
+        budget = 2 ** 23 if jax.default_backend() == "cpu" else 2 ** 28
+    return int(min(seq_len, max(1, budget // (local_rows * vocab_size))))
 
 
-def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float):
-    """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings."""
+def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float,
+                    data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
+    """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings.
+
+    `data_shards` is the size of the mesh's data axis: the fused head loss keeps one embedding
+    gradient accumulator per shard (see `layers.output_head`)."""
     def loss_fn(params, batch):
-        logits, _, aux = codec.model(params).forward(batch[:, :-1])
-        ce = cross_entropy(logits, batch[:, 1:])
+        model = codec.model(params)
+        x, _, aux = model.features(batch[:, :-1])
+        rows, t = batch.shape[0] // data_shards, batch.shape[1] - 1
+        chunk = loss_chunk_len(rows, t, model.config.vocab_size, loss_chunk_elements)
+        ce = tied_cross_entropy(x, model.wte.embedding[...], batch[:, 1:], model.config.vocab_size, chunk, data_shards)
         return ce + aux_weight * aux["moe_aux_loss"], (ce, aux["moe_aux_loss"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -284,7 +293,8 @@ class Run:
         self.params = jax.device_put(self.codec.flat(model), self.replicated)
         self.optimizer = make_optimizer(cfg)
         self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.replicated)(self.params)
-        step = make_train_step(self.codec, self.optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight)
+        step = make_train_step(self.codec, self.optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight,
+                               data_shards=jax.device_count(), loss_chunk_elements=cfg.get("loss_chunk_elements"))
         self.train_step = jax.jit(step, in_shardings=(self.replicated, self.replicated, self.batch_sharding),
                                   out_shardings=(self.replicated, self.replicated, self.replicated),
                                   donate_argnums=(0, 1))

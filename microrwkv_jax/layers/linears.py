@@ -14,9 +14,3 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, bias: bool = 
     return nnx.Linear(in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
                       kernel_init=nnx.initializers.normal(std), rngs=rngs)
 
-
-def tied_logits(x, embedding, vocab_size: int):
-    """The tied output head: x [B, T, C] @ embedding [V_padded, C]^T, cut to the real vocabulary
-    and returned in float32 (the padding rows of the embedding are never predicted)."""
-    logits = jnp.einsum("btc,vc->btv", x, embedding.astype(x.dtype))
-    return logits[..., :vocab_size].astype(jnp.float32)
