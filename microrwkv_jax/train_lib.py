@@ -121,12 +121,13 @@ def loss_chunk_len(local_rows: int, seq_len: int, vocab_size: int, budget: Optio
     return int(min(seq_len, max(1, budget // (local_rows * vocab_size))))
 
 
-def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float,
-                    data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
-    """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings.
+def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,
+                 loss_chunk_elements: Optional[int] = None):
+    """(params, batch [B, T+1]) -> (cross-entropy + aux_weight * MoE aux loss, (cross-entropy, aux loss)).
 
-    `data_shards` is the size of the mesh's data axis: the fused head loss keeps one embedding
-    gradient accumulator per shard (see `layers.output_head`)."""
+    The head's cross-entropy is the fused, chunked `tied_cross_entropy`. `data_shards` is the size
+    of the mesh's data axis: the loss keeps one embedding-gradient accumulator per shard, so that
+    XLA sums them across devices once, after its chunk loop, instead of once per chunk."""
     def loss_fn(params, batch):
         model = codec.model(params)
         x, _, aux = model.features(batch[:, :-1])
@@ -134,7 +135,14 @@ def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_wei
         chunk = loss_chunk_len(rows, t, model.config.vocab_size, loss_chunk_elements)
         ce = tied_cross_entropy(x, model.wte.embedding[...], batch[:, 1:], model.config.vocab_size, chunk, data_shards)
         return ce + aux_weight * aux["moe_aux_loss"], (ce, aux["moe_aux_loss"])
+    return loss_fn
 
+
+def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float,
+                    data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
+    """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings.
+    The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches."""
+    loss_fn = make_loss_fn(codec, aux_weight, data_shards, loss_chunk_elements)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(params, opt_state, batch):

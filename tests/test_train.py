@@ -73,6 +73,70 @@ def test_tinystories_config_on_local_text_files(tmp_path):
     assert len(train) == 2 and val[-1]["entropy_floor"] is None
 
 
+# --- the loss --------------------------------------------------------------------------------
+
+PUBLISHED_ARGS = dict(block_size=64, vocab_size=97, n_layer=2, n_head=2, n_embd=32, num_experts=4,
+                      num_active_experts=3, expert_dim=20, dim=32, dropout=0.0, bias=False)
+
+
+def tiny_model_config(family, dtype="float32"):
+    from microrwkv_jax.convert import config_from_model_args
+    from tests.conftest import tiny_config
+    config = config_from_model_args(PUBLISHED_ARGS) if family == "published" else tiny_config(family)
+    return config.replace(dtype=dtype)
+
+
+def loss_and_grads(config, batch, **loss_kwargs):
+    import jax
+    from microrwkv_jax.checkpoints import ParamCodec, build_model
+    from microrwkv_jax.train_lib import make_loss_fn
+    codec = ParamCodec(build_model(config, seed=0))
+    params = codec.flat(build_model(config, seed=0))
+    (loss, (ce, _)), grads = jax.jit(jax.value_and_grad(make_loss_fn(codec, 0.01, **loss_kwargs), has_aux=True))(
+        params, batch)
+    return codec, params, loss, ce, grads
+
+
+@pytest.mark.parametrize("family", ["hybrid", "published"])
+def test_trainer_loss_and_gradients_equal_autodiff_through_the_logits(family):
+    """The fused head loss (chunked, gradients formed in the forward pass) against plain autodiff
+    of optax's cross-entropy on the model's logits, for every parameter."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from tests.conftest import rel_err
+    config = tiny_model_config(family)
+    batch = jnp.asarray(np.random.default_rng(0).integers(0, 97, (4, 41)), jnp.int32)
+    codec, params, loss, ce, grads = loss_and_grads(config, batch, loss_chunk_elements=4 * 97 * 6)   # 7 chunks
+
+    def reference(p):
+        logits, _, aux = codec.model(p).forward(batch[:, :-1])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+        return ce + 0.01 * aux["moe_aux_loss"], ce
+
+    (ref_loss, ref_ce), ref_grads = jax.value_and_grad(reference, has_aux=True)(params)
+    assert abs(float(ce) - float(ref_ce)) <= 1e-6 * float(ref_ce)
+    assert abs(float(loss) - float(ref_loss)) <= 1e-6 * float(ref_loss)
+    worst = max((rel_err(grads[k], ref_grads[k]), k) for k in params if np.any(np.asarray(ref_grads[k])))
+    assert worst[0] <= 1e-4, worst
+    assert all(np.any(np.asarray(ref_grads[k])) for k in params if k.endswith("embedding") and "wte" in k)
+
+
+@pytest.mark.parametrize("family", ["rwkv", "gpt", "published"])
+def test_bfloat16_compute_path_tracks_float32(family):
+    """dtype=bfloat16 is what a GPU run uses ("auto"): parameters and gradients stay float32.
+    (Not the hybrid: bf16 rounding flips some of its top-k expert choices, a discrete change.)"""
+    import jax.numpy as jnp
+    from tests.conftest import rel_err
+    batch = jnp.asarray(np.random.default_rng(1).integers(0, 97, (4, 41)), jnp.int32)
+    _, _, _, ce32, g32 = loss_and_grads(tiny_model_config(family), batch)
+    _, params, _, ce16, g16 = loss_and_grads(tiny_model_config(family, "bfloat16"), batch)
+    assert all(p.dtype == jnp.float32 for p in params.values()) and all(g.dtype == jnp.float32 for g in g16.values())
+    assert abs(float(ce16) - float(ce32)) <= 1e-3 * float(ce32)
+    flat = lambda g: np.concatenate([np.ravel(np.asarray(g[k])) for k in sorted(g)])
+    assert rel_err(flat(g16), flat(g32)) <= 2e-2
+
+
 # --- parallelism ------------------------------------------------------------------------------
 
 def test_four_devices_give_the_same_losses_as_one(tmp_path):
