@@ -4,8 +4,10 @@ One module serves both attention sub-layers of the hybrid block:
   * sliding-window attention (SWA): n_kv_head = n_head, window W;
   * grouped-query attention (GQA): n_kv_head < n_head, global or windowed.
 
-Training calls `jax.nn.dot_product_attention` with `is_causal` and `local_window_size`
-(cuDNN's fused kernel on GPU). Decoding keeps a key/value cache of S slots: a ring buffer
+Training (`causal_attention`) uses cuDNN's fused kernel on GPUs in bf16/fp16. Elsewhere XLA's
+`jax.nn.dot_product_attention` computes all T x T scores and masks them, so a window W < T/2 is
+computed in blocks instead: each block of W queries attends to its own and the previous block
+of keys, 2W scores per query. Decoding keeps a key/value cache of S slots: a ring buffer
 (slot = position % S) with S = window for windowed attention, or S = the longest sequence
 to be generated for global attention, so memory and time per token stay bounded by S.
 """
@@ -40,6 +42,48 @@ def cache_slot_positions(num_tokens_before, num_slots: int):
     return jnp.where(p >= 0, p, -1)
 
 
+def windowed_attention(q, k, v, window: int):
+    """Causal attention to the last `window` positions (itself included), computed in blocks.
+
+    q [B, T, Hq, N], k and v [B, T, Hkv, N] -> [B, T, Hq, N]. Queries are cut into blocks of
+    `window` positions; block i attends to key blocks i - 1 and i (a zero block before the
+    first), under the mask 0 <= query position - key position < window."""
+    b, t, hq, n = q.shape
+    hkv = k.shape[2]
+    num_blocks = -(-t // window)
+    pad = num_blocks * window - t
+    query_blocks = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b * num_blocks, window, hq, n)
+
+    def key_blocks(a):     # [B * num_blocks, 2W, Hkv, N]: the previous block, then the block itself
+        a = jnp.pad(a, ((0, 0), (window, pad), (0, 0), (0, 0))).reshape(b, num_blocks + 1, window, hkv, n)
+        return jnp.concatenate([a[:, :-1], a[:, 1:]], axis=2).reshape(b * num_blocks, 2 * window, hkv, n)
+
+    lag = jnp.arange(window)[:, None] + window - jnp.arange(2 * window)[None, :]     # query - key position
+    in_window = (lag >= 0) & (lag < window)                                          # [W, 2W]
+    not_before_start = (jnp.arange(num_blocks)[:, None, None] > 0) | (jnp.arange(2 * window) >= window)
+    mask = jnp.broadcast_to(in_window & not_before_start, (b, num_blocks, window, 2 * window))
+    y = jax.nn.dot_product_attention(query_blocks, key_blocks(k), key_blocks(v),
+                                     mask=mask.reshape(b * num_blocks, 1, window, 2 * window))
+    return y.reshape(b, num_blocks * window, hq, n)[:, :t]
+
+
+def causal_attention(q, k, v, window: Optional[int]):
+    """Causal (optionally windowed) attention for training: q [B, T, Hq, N], k and v
+    [B, T, Hkv, N] -> [B, T, Hq, N]."""
+    t = q.shape[1]
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(
+                q, k, v, is_causal=True, implementation="cudnn",
+                local_window_size=None if window is None or window >= t else (window - 1, 0))
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass     # a head size, dtype or cuDNN version the fused kernel does not take
+    if window is not None and 2 * window < t:
+        return windowed_attention(q, k, v, window)
+    local = None if window is None or window >= t else (window - 1, 0)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local)
+
+
 class CausalSelfAttention(nnx.Module):
     """Causal multi-head attention with `n_kv_head` key/value heads and an optional window."""
 
@@ -67,9 +111,7 @@ class CausalSelfAttention(nnx.Module):
         q = rotary_embedding(q, positions, self.rope_base)
         k = rotary_embedding(k, positions, self.rope_base)
         if state is None:
-            window = None if self.window is None else (self.window - 1, 0)
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
-            new_state = None
+            y, new_state = causal_attention(q, k, v, self.window), None
         else:
             y, new_state = self._attend_with_cache(q, k, v, start, state)
         return self.proj(y.reshape(b, t, hq * n)), new_state
