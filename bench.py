@@ -113,7 +113,9 @@ def bench_train() -> None:
     del model
     optimizer = train_lib.make_optimizer(cfg)
     opt_state = jax.jit(optimizer.init, out_shardings=rep)(params)
-    step = jax.jit(train_lib.make_train_step(codec, optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight),
+    step = jax.jit(train_lib.make_train_step(codec, optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight,
+                                             data_shards=jax.device_count(),
+                                             loss_chunk_elements=cfg.get("loss_chunk_elements")),
                    in_shardings=(rep, rep, shard), out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
     rng = np.random.default_rng(0)
     batch = jax.device_put(rng.integers(0, vocab, (cfg.batch_size, mc.block_size + 1)).astype(np.int32), shard)
