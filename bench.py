@@ -39,6 +39,7 @@ flags.DEFINE_string("shape", "16,1024,8,64", "wkv: B,T,H,N")
 flags.DEFINE_string("chunks", "16,32,64,128", "wkv: chunk sizes")
 flags.DEFINE_string("dtype", "auto", "compute dtype: auto (bf16 on GPU, f32 on CPU), float32, bfloat16")
 flags.DEFINE_float("peak_flops", None, "device peak FLOP/s for MFU (known GPUs are detected)")
+flags.DEFINE_bool("compile_only", False, "train: report XLA's memory analysis of the compiled step, run nothing")
 
 
 def environment() -> dict:
@@ -120,6 +121,15 @@ def bench_train() -> None:
     rng = np.random.default_rng(0)
     batch = jax.device_put(rng.integers(0, vocab, (cfg.batch_size, mc.block_size + 1)).astype(np.int32), shard)
     state = [params, opt_state]
+    shapes = {"bench": "train", "family": cfg.model.family, "arch": mc.arch, "dtype": mc.dtype,
+              "params": sum(int(np.prod(s)) for s in codec.shapes.values()), "batch": cfg.batch_size,
+              "grad_accum_steps": cfg.grad_accum_steps, "block": mc.block_size, "n_layer": mc.n_layer,
+              "n_embd": mc.n_embd}
+    if FLAGS.compile_only:
+        memory = step.lower(params, opt_state, batch).compile().memory_analysis()
+        emit({**shapes, "compiled_temp_mb": memory.temp_size_in_bytes / 2**20,
+              "compiled_argument_mb": memory.argument_size_in_bytes / 2**20})
+        return
 
     def run_step():
         state[0], state[1], metrics = step(state[0], state[1], batch)
@@ -130,10 +140,7 @@ def bench_train() -> None:
     tok_s = tokens / seconds
     fpt = flops.train_flops_per_token(mc, mc.block_size)
     peak = FLAGS.peak_flops or flops.device_peak_flops()
-    n_params = sum(int(np.prod(s)) for s in codec.shapes.values())
-    emit({"bench": "train", "family": cfg.model.family, "arch": mc.arch, "dtype": mc.dtype,
-          "params": n_params, "batch": cfg.batch_size, "block": mc.block_size, "n_layer": mc.n_layer,
-          "n_embd": mc.n_embd, "step_ms": seconds * 1e3, "tokens_per_s": tok_s,
+    emit({**shapes, "step_ms": seconds * 1e3, "tokens_per_s": tok_s,
           "model_tflops_per_s": fpt * tok_s / 1e12, "mfu": (fpt * tok_s / peak) if peak else None,
           **peak_memory()})
 
@@ -298,7 +305,7 @@ def bench_vs_torch() -> None:
 
     from microrwkv_jax.checkpoints import ParamCodec
     from microrwkv_jax.convert import config_from_model_args, params_from_state_dict
-    from microrwkv_jax import train_lib
+    from microrwkv_jax import flops, train_lib
 
     ref.WKV_FORM["chunked"] = True          # the published code's chunked WKV, not the test's token loop
     size = model_size(FLAGS.size)
@@ -347,8 +354,24 @@ def bench_vs_torch() -> None:
         m["loss"].block_until_ready()
     jax_s = timed(jax_step, FLAGS.warmup, FLAGS.repeats)
     torch_s = timed(torch_step, 1, FLAGS.repeats)
+    step_gflop = flops.train_flops_per_token(config, t) * batch * t / 1e9    # model FLOPs, see flops.py
     emit({"bench": "vs-torch", "what": "train_step", **shapes, "jax_ms": jax_s * 1e3, "torch_ms": torch_s * 1e3,
-          "speedup": torch_s / jax_s, "jax_tokens_per_s": batch * t / jax_s, "torch_tokens_per_s": batch * t / torch_s})
+          "speedup": torch_s / jax_s, "jax_tokens_per_s": batch * t / jax_s, "torch_tokens_per_s": batch * t / torch_s,
+          "model_gflop": step_gflop, "jax_gflop_per_s": step_gflop / jax_s, "torch_gflop_per_s": step_gflop / torch_s})
+
+    # What neither side can beat: the output head's three GEMMs (logits, d_x, d_embedding) alone.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch * t, size["n_embd"])).astype(np.float32)
+    e = rng.standard_normal((args["vocab_size"], size["n_embd"])).astype(np.float32)
+    g = rng.standard_normal((batch * t, args["vocab_size"])).astype(np.float32)
+    x_j, e_j, g_j, x_t, e_t, g_t = (*(jnp.asarray(a) for a in (x, e, g)), *(torch.as_tensor(a) for a in (x, e, g)))
+    gemms = jax.jit(lambda x, e, g: (x @ e.T, g @ e, g.T @ x))
+    jax_s = timed(lambda: jax.block_until_ready(gemms(x_j, e_j, g_j)), FLAGS.warmup, FLAGS.repeats)
+    torch_s = timed(lambda: (x_t @ e_t.T, g_t @ e_t, g_t.T @ x_t), 1, FLAGS.repeats)
+    gflop = 3 * 2 * x.shape[0] * x.shape[1] * e.shape[0] / 1e9
+    emit({"bench": "vs-torch", "what": "head_gemms", **shapes, "gemm": [x.shape[0], x.shape[1], e.shape[0]],
+          "jax_ms": jax_s * 1e3, "torch_ms": torch_s * 1e3, "speedup": torch_s / jax_s,
+          "jax_gflop_per_s": gflop / jax_s, "torch_gflop_per_s": gflop / torch_s})
 
 
 COMMANDS = {"train": bench_train, "generate": bench_generate, "wkv": bench_wkv, "vs-torch": bench_vs_torch}

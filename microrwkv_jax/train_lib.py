@@ -73,7 +73,7 @@ def validate_config(cfg) -> None:
         if key not in cfg:
             raise ValueError(f"config: missing key {key!r}")
     positive = ("num_train_steps", "batch_size", "eval_every", "grad_accum_steps", "log_every",
-                "checkpoint_every", "keep_checkpoints", "eval_batches")
+                "checkpoint_every", "keep_checkpoints", "eval_batches", "loss_chunk_elements")
     for key in positive:
         if key in cfg and cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
             raise ValueError(f"{key}={cfg[key]!r}: must be a positive integer")

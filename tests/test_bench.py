@@ -25,6 +25,10 @@ def test_wkv_and_train_subcommands():
                    "--config.model.n_embd=32", "--config.model.block_size=32", "--config.batch_size=2",
                    "--steps", "1", "--warmup", "0")
     assert row["tokens_per_s"] > 0 and "mfu" in row and row["batch"] == 2 and row["block"] == 32
+    (row,) = bench("train", "--config", str(REPO / "configs/tiny.py"), "--config.model.n_layer=1",
+                   "--config.model.n_embd=32", "--config.model.block_size=32", "--config.batch_size=2",
+                   "--dtype", "bfloat16", "--compile_only")
+    assert row["dtype"] == "bfloat16" and row["compiled_temp_mb"] > 0 and "step_ms" not in row
 
 
 def test_generate_writes_json_and_png(tmp_path):
@@ -40,5 +44,6 @@ def test_generate_writes_json_and_png(tmp_path):
 def test_vs_torch_reports_speedup():
     pytest.importorskip("torch", reason="torch is the test extra: pip install -e '.[test]'")
     rows = bench("vs-torch", "--size", "tiny", "--repeats", "1", "--warmup", "0")
-    assert [r["what"] for r in rows] == ["forward", "train_step"]
+    assert [r["what"] for r in rows] == ["forward", "train_step", "head_gemms"]
+    assert rows[1]["model_gflop"] > 0 and rows[2]["jax_gflop_per_s"] > 0
     assert all(r["speedup"] > 0 for r in rows)

@@ -238,6 +238,7 @@ def test_eval_only_reports_validation_loss(tmp_path):
     (["--config.model.vocab_size=100"], "model.vocab_size=100: smaller than the tokenizer's vocabulary (257)"),
     (["--config.model.n_head=3"], "model.n_embd=32: must be divisible by n_head=3"),
     (["--config.batch_size=0"], "batch_size=0: must be a positive integer"),
+    (["--config.loss_chunk_elements=-5"], "loss_chunk_elements=-5: must be a positive integer"),
     (["--config.init_from=/nonexistent/ckpt"], "init_from='/nonexistent/ckpt': no such checkpoint"),
 ])
 def test_bad_config_fails_before_work_with_one_line(tmp_path, flags, message):
