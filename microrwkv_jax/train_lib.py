@@ -114,11 +114,15 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def loss_chunk_len(local_rows: int, seq_len: int, vocab_size: int, budget: Optional[int] = None) -> int:
-    """Positions per chunk of the fused head loss, so that about `budget` logits are alive at a time
-    (default: 2^23, 32 MB of float32, on CPU where staying near the caches pays; 2^28 on GPUs)."""
+    """Positions per chunk of the fused head loss: about `budget` logits alive at a time (default
+    2^23, 32 MB of float32, on CPU where staying near the caches pays; 2^28 on GPUs), with the
+    sequence cut into equal chunks so that padding the last one wastes less than one position
+    per chunk (1024 positions in chunks of at most 333 -> 4 chunks of 256, not 4 of 333)."""
     if budget is None:
         budget = 2 ** 23 if jax.default_backend() == "cpu" else 2 ** 28
-    return int(min(seq_len, max(1, budget // (local_rows * vocab_size))))
+    longest = max(1, budget // (local_rows * vocab_size))
+    num_chunks = -(-seq_len // longest)
+    return -(-seq_len // num_chunks)
 
 
 def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,

@@ -97,6 +97,18 @@ def loss_and_grads(config, batch, **loss_kwargs):
     return codec, params, loss, ce, grads
 
 
+@pytest.mark.parametrize("rows, seq_len, vocab, budget, expected", [
+    (16, 1024, 50304, 2 ** 28, 256),    # at most 333 positions fit: 4 equal chunks, no padding
+    (8, 512, 50304, 2 ** 23, 20),       # at most 20: 26 chunks of 20 (8 padded positions)
+    (8, 384, 257, 2 ** 23, 384),        # a byte vocabulary: one chunk
+    (4, 40, 97, 4 * 97 * 6, 6),         # 7 chunks of 6 (2 padded positions)
+    (64, 100, 50304, 1000, 1),          # the budget is smaller than one position's logits
+])
+def test_loss_chunk_len(rows, seq_len, vocab, budget, expected):
+    from microrwkv_jax.train_lib import loss_chunk_len
+    assert loss_chunk_len(rows, seq_len, vocab, budget) == expected
+
+
 @pytest.mark.parametrize("family", ["hybrid", "published"])
 def test_trainer_loss_and_gradients_equal_autodiff_through_the_logits(family):
     """The fused head loss (chunked, gradients formed in the forward pass) against plain autodiff
