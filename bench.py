@@ -312,21 +312,28 @@ def bench_vs_torch() -> None:
     args = dict(vocab_size=50304, num_experts=4, num_active_experts=4, dim=size["n_embd"], dropout=0.0,
                 bias=False, **size)
     batch, t = {"table": (16, 1024), "small": (8, 512), "tiny": (2, 64)}[FLAGS.size]
+    dtype = compute_dtype()
+    # PyTorch on the GPU when there is one, with bf16 autocast where JAX computes in bf16.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    autocast = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     tmodel = ref.PublishedTorchModel(args)
-    config = config_from_model_args(args).replace(dtype="float32")
+    config = config_from_model_args(args).replace(dtype=dtype)
     from microrwkv_jax.checkpoints import model_from_flat_params
     model = model_from_flat_params(config, params_from_state_dict({k: v.numpy() for k, v in tmodel.state_dict().items()}, config))
+    tmodel = tmodel.to(device)
     codec = ParamCodec(model)
     idx = np.random.default_rng(0).integers(0, 50257, (batch, t + 1)).astype(np.int64)
-    shapes = {"B": batch, "T": t, "n_layer": size["n_layer"], "n_embd": size["n_embd"], "dtype": "float32",
-              "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    shapes = {"B": batch, "T": t, "n_layer": size["n_layer"], "n_embd": size["n_embd"], "dtype": dtype,
+              "torch": torch.__version__, "torch_device": device, "torch_threads": torch.get_num_threads()}
 
     # forward
-    x_t = torch.as_tensor(idx[:, :-1])
+    x_t = torch.as_tensor(idx[:, :-1]).to(device)
     def torch_forward():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             tmodel(x_t)
+        sync()
     params = codec.flat(model)
     fwd = jax.jit(lambda p, x: codec.model(p)(x))
     x_j = jnp.asarray(idx[:, :-1], jnp.int32)
@@ -337,13 +344,15 @@ def bench_vs_torch() -> None:
 
     # train step: AdamW on the same loss, same batch
     opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4)
-    y_t = torch.as_tensor(idx[:, 1:])
+    y_t = torch.as_tensor(idx[:, 1:]).to(device)
     def torch_step():
-        logits = tmodel(x_t)
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y_t.reshape(-1))
+        with autocast():
+            logits = tmodel(x_t)
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y_t.reshape(-1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
     optimizer = optax.adamw(1e-4)
     opt_state = optimizer.init(params)
     step = jax.jit(train_lib.make_train_step(codec, optimizer, 1, 0.0), donate_argnums=(0, 1))
@@ -361,15 +370,17 @@ def bench_vs_torch() -> None:
 
     # What neither side can beat: the output head's three GEMMs (logits, d_x, d_embedding) alone.
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch * t, size["n_embd"])).astype(np.float32)
-    e = rng.standard_normal((args["vocab_size"], size["n_embd"])).astype(np.float32)
-    g = rng.standard_normal((batch * t, args["vocab_size"])).astype(np.float32)
-    x_j, e_j, g_j, x_t, e_t, g_t = (*(jnp.asarray(a) for a in (x, e, g)), *(torch.as_tensor(a) for a in (x, e, g)))
-    gemms = jax.jit(lambda x, e, g: (x @ e.T, g @ e, g.T @ x))
-    jax_s = timed(lambda: jax.block_until_ready(gemms(x_j, e_j, g_j)), FLAGS.warmup, FLAGS.repeats)
-    torch_s = timed(lambda: (x_t @ e_t.T, g_t @ e_t, g_t.T @ x_t), 1, FLAGS.repeats)
-    gflop = 3 * 2 * x.shape[0] * x.shape[1] * e.shape[0] / 1e9
-    emit({"bench": "vs-torch", "what": "head_gemms", **shapes, "gemm": [x.shape[0], x.shape[1], e.shape[0]],
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in
+              ((batch * t, size["n_embd"]), (args["vocab_size"], size["n_embd"]), (batch * t, args["vocab_size"]))]
+    on_jax = [jnp.asarray(a, jnp.dtype(dtype)) for a in arrays]
+    on_torch = [torch.as_tensor(a).to(device, getattr(torch, dtype)) for a in arrays]
+    gemms = lambda x, e, g: (x @ e.T, g @ e, g.T @ x)
+    jax_gemms = jax.jit(gemms)
+    jax_s = timed(lambda: jax.block_until_ready(jax_gemms(*on_jax)), FLAGS.warmup, FLAGS.repeats)
+    torch_s = timed(lambda: (gemms(*on_torch), sync()), 1, FLAGS.repeats)
+    (m, k), n = arrays[0].shape, arrays[1].shape[0]
+    gflop = 3 * 2 * m * k * n / 1e9
+    emit({"bench": "vs-torch", "what": "head_gemms", **shapes, "gemm": [m, k, n],
           "jax_ms": jax_s * 1e3, "torch_ms": torch_s * 1e3, "speedup": torch_s / jax_s,
           "jax_gflop_per_s": gflop / jax_s, "torch_gflop_per_s": gflop / torch_s})
 

@@ -14,6 +14,7 @@ to be generated for global attention, so memory and time per token stay bounded 
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import jax
@@ -76,8 +77,8 @@ def causal_attention(q, k, v, window: Optional[int]):
             return jax.nn.dot_product_attention(
                 q, k, v, is_causal=True, implementation="cudnn",
                 local_window_size=None if window is None or window >= t else (window - 1, 0))
-        except (NotImplementedError, ValueError, RuntimeError):
-            pass     # a head size, dtype or cuDNN version the fused kernel does not take
+        except (NotImplementedError, ValueError, RuntimeError) as err:   # shapes or a cuDNN it does not take
+            warnings.warn(f"cuDNN attention unavailable ({err}); using XLA's attention", stacklevel=2)
     if window is not None and 2 * window < t:
         return windowed_attention(q, k, v, window)
     local = None if window is None or window >= t else (window - 1, 0)
