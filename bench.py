@@ -4,6 +4,7 @@
     python bench.py train --config configs/tinystories.py [--config.model.family=rwkv] [--steps 10]
     python bench.py generate [--size table|small] [--contexts 16,64,...] [--out bench_out]
     python bench.py wkv [--shape 16,1024,8,64] [--chunks 16,32,64,128]
+    python bench.py attention [--attention_shape 16,384,4,1,32] [--windows 64,global]
     python bench.py vs-torch [--size small|table]
 
 Every figure is printed with the device, JAX version, dtype and shapes; with --json each
@@ -37,6 +38,8 @@ flags.DEFINE_string("families", "hybrid,rwkv,gpt,published", "generate: model fa
 flags.DEFINE_string("out", "bench_out", "generate: directory for the JSON and the PNG")
 flags.DEFINE_string("shape", "16,1024,8,64", "wkv: B,T,H,N")
 flags.DEFINE_string("chunks", "16,32,64,128", "wkv: chunk sizes")
+flags.DEFINE_string("attention_shape", "16,384,4,1,32", "attention: B,T,Hq,Hkv,N (the tiny config's GQA)")
+flags.DEFINE_string("windows", "64,global", "attention: windows to measure ('global' for none)")
 flags.DEFINE_string("dtype", "auto", "compute dtype: auto (bf16 on GPU, f32 on CPU), float32, bfloat16")
 flags.DEFINE_float("peak_flops", None, "device peak FLOP/s for MFU (known GPUs are detected)")
 flags.DEFINE_bool("compile_only", False, "train: report XLA's memory analysis of the compiled step, run nothing")
@@ -291,6 +294,34 @@ def bench_wkv() -> None:
           "dtype": str(dtype), "ms": sec * 1e3})
 
 
+# --- attention -------------------------------------------------------------------------------------
+
+def bench_attention() -> None:
+    """Training attention, forward+backward: XLA's masked T x T attention against `causal_attention`
+    (blocked on the CPU, cuDNN on GPUs in bf16), for each window."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from microrwkv_jax.layers.attention import causal_attention
+
+    b, t, hq, hkv, n = (int(x) for x in FLAGS.attention_shape.split(","))
+    dtype = jnp.dtype(compute_dtype())
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((b, t, hq, n)), dtype)
+    k, v = (jnp.asarray(rng.standard_normal((b, t, hkv, n)), dtype) for _ in range(2))
+    for window in (None if w == "global" else int(w) for w in FLAGS.windows.split(",")):
+        xla = lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, local_window_size=None if window is None else (window - 1, 0))
+        ours = lambda q, k, v: causal_attention(q, k, v, window)
+        for name, fn in (("xla_masked", xla), ("causal_attention", ours)):
+            loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v).astype(jnp.float32) * q.astype(jnp.float32))
+            grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            sec = timed(lambda: jax.block_until_ready(grad(q, k, v)), FLAGS.warmup, FLAGS.repeats)
+            emit({"bench": "attention", "impl": name, "window": window, "B": b, "T": t, "Hq": hq, "Hkv": hkv,
+                  "N": n, "dtype": str(dtype), "mode": "forward+backward", "ms": sec * 1e3})
+
+
 # --- vs-torch ------------------------------------------------------------------------------------
 
 def bench_vs_torch() -> None:
@@ -385,7 +416,8 @@ def bench_vs_torch() -> None:
           "jax_gflop_per_s": gflop / jax_s, "torch_gflop_per_s": gflop / torch_s})
 
 
-COMMANDS = {"train": bench_train, "generate": bench_generate, "wkv": bench_wkv, "vs-torch": bench_vs_torch}
+COMMANDS = {"train": bench_train, "generate": bench_generate, "wkv": bench_wkv, "attention": bench_attention,
+            "vs-torch": bench_vs_torch}
 
 
 def main(argv):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU half of BENCHMARKS.md, and the GPU-only code paths' tests, in one run of at most
-# 9.5 minutes (each step has its own time limit; they add up to 570 s), for a lent GPU machine:
+# 9.5 minutes (each step has its own time limit; they add up to 580 s), for a lent GPU machine:
 #
 #   device tool: run(command="bash bench_gpu.sh", carry=[".whl"], timeout_s=600)
 #
@@ -27,11 +27,13 @@ if [ "${BENCH_SIZE:-table}" = tiny ]; then
          --steps 1 --warmup 1)
   generate=(--size tiny --contexts 16,200 --steps 1 --warmup 1)
   wkv=(--shape 2,64,2,8 --chunks 16 --repeats 1 --warmup 1)
+  attention=(--attention_shape 1,64,2,1,8 --windows 16,global --repeats 1 --warmup 1)
   vs_torch=(--size tiny --repeats 1 --warmup 1)
 else   # the issue's table size: 8 x 768, 8 heads, block 1024, batch 16, bf16 on the GPU
   train=(--config configs/tinystories.py --steps 10 --warmup 3)
   generate=(--size table --steps 8)
   wkv=()
+  attention=(--attention_shape 16,1024,8,2,96 --windows 256,global)
   vs_torch=(--size table)
 fi
 
@@ -45,7 +47,7 @@ step() {   # step NAME SECONDS bench.py-ARGS...: one JSON line per measurement i
 
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") > "$out/device.txt" 2>&1
 # The code paths only a GPU takes: bf16 compute, cuDNN attention (with its fallback), the fused loss.
-timeout 100 "$python" -m pytest -q -x tests/test_output_head.py tests/test_wkv.py \
+timeout 90 "$python" -m pytest -q -x tests/test_output_head.py tests/test_wkv.py \
   "tests/test_train.py::test_bfloat16_compute_path_tracks_float32" \
   "tests/test_train.py::test_trainer_loss_and_gradients_equal_autodiff_through_the_logits" \
   "tests/test_model.py::test_bfloat16_compute_tracks_float32" > "$out/pytest.log" 2>&1
@@ -54,5 +56,6 @@ for family in hybrid rwkv gpt; do
   step train 85 train "${train[@]}" --config.model.family="$family"
 done
 step wkv 45 wkv "${wkv[@]}"
-step generate 110 generate "${generate[@]}" --out "$out/generate"
+step attention 30 attention "${attention[@]}"
+step generate 100 generate "${generate[@]}" --out "$out/generate"
 step vs_torch 60 vs-torch "${vs_torch[@]}"

@@ -1,5 +1,5 @@
 """The default demo: a small causal hybrid on the built-in story corpus, byte tokens, CPU-sized
-(about 10 minutes on 2 CPU cores; see the README for what it reaches).
+(about 9 minutes on 2 CPU cores; see the README for what it reaches).
 
     python train.py --config configs/tiny.py
 """

@@ -21,6 +21,10 @@ def test_wkv_and_train_subcommands():
     assert {(r["form"], r["mode"]) for r in rows} >= {("chunked_q8", "forward+backward"), ("scan", "forward"),
                                                      ("step", "forward (one token)")}
     assert all(r["ms"] > 0 and r["device"] and r["jax"] for r in rows)
+    rows = bench("attention", "--attention_shape", "1,32,2,1,8", "--windows", "8,global", "--repeats", "1",
+                 "--warmup", "0")
+    assert [(r["impl"], r["window"]) for r in rows] == [("xla_masked", 8), ("causal_attention", 8),
+                                                       ("xla_masked", None), ("causal_attention", None)]
     (row,) = bench("train", "--config", str(REPO / "configs/rwkv.py"), "--config.model.n_layer=1",
                    "--config.model.n_embd=32", "--config.model.block_size=32", "--config.batch_size=2",
                    "--steps", "1", "--warmup", "0")
