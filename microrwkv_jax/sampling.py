@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from microrwkv_jax.layers.output_head import tied_logits
+
 PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
 MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
 
@@ -56,8 +58,11 @@ def _capacity(total_len: int) -> int:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _prefill_piece(graphdef, params, state, tokens):
-    logits, state, _ = nnx.merge(graphdef, params).forward(tokens, state)
-    return logits[:, -1], state
+    """Feed tokens [B, T] into the state; returns (the last position's logits [B, V], state).
+    Only the last position's logits are needed, so the head (the widest product) runs on it alone."""
+    model = nnx.merge(graphdef, params)
+    x, state, _ = model.features(tokens, state)
+    return tied_logits(x[:, -1:], model.wte.embedding[...], model.config.vocab_size)[:, 0], state
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))

@@ -8,9 +8,11 @@ Training (`causal_attention`) uses cuDNN's fused kernel on GPUs in bf16/fp16. El
 `jax.nn.dot_product_attention` computes all T x T scores and masks them, so the work the mask
 throws away is skipped by cutting the queries into blocks: with a window W < T/2 each block of
 W queries attends to its own and the previous block of keys (2W scores per query); otherwise
-each query block attends to the keys up to its own end (about 60% of the T x T scores). Decoding keeps a key/value cache of S slots: a ring buffer
-(slot = position % S) with S = window for windowed attention, or S = the longest sequence
-to be generated for global attention, so memory and time per token stay bounded by S.
+each query block attends to the keys up to its own end (about 60% of the T x T scores).
+
+Decoding keeps a key/value cache of S slots: a ring buffer (slot = position % S) with S =
+window for windowed attention, or S = the longest sequence to be generated for global
+attention, so memory and time per token stay bounded by S.
 """
 
 from __future__ import annotations

@@ -13,4 +13,3 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, bias: bool = 
     """A float32-parameter Linear computing in `dtype`; kernel [in, out] ~ Normal(0, std)."""
     return nnx.Linear(in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
                       kernel_init=nnx.initializers.normal(std), rngs=rngs)
-
