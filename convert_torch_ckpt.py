@@ -2,12 +2,36 @@
 """python convert_torch_ckpt.py out/ckpt-500.pth [--out DIR] [--force] [--keep_optimizer]
 
 Converts a published MicroRWKV PyTorch checkpoint into a model directory that
-`sample.py --ckpt DIR`, `train.py --config.init_from=DIR` and `microrwkv_jax.load_model` read.
+`sample.py --ckpt DIR`, `train.py --config.init_from=DIR` and `microrwkv_jax.load_model` read,
+without importing torch.
 """
 
+import argparse
 import sys
 
-from microrwkv_jax.convert import main
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="convert_torch_ckpt.py",
+                                     description="Convert a published MicroRWKV PyTorch checkpoint (.pth) "
+                                                 "into an orbax model directory, without importing torch.")
+    parser.add_argument("checkpoint", help="the .pth file, e.g. out/ckpt-500.pth")
+    parser.add_argument("--out", help="output directory (default: the .pth path without its extension)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--keep_optimizer", action="store_true", help="also keep the torch optimizer state")
+    parser.add_argument("--tokenizer", default="gpt2", help="tokenizer recorded for sampling (default gpt2)")
+    args = parser.parse_args(argv)
+    from microrwkv_jax.convert import convert_to_model_dir
+    try:
+        _, summary = convert_to_model_dir(args.checkpoint, args.out, args.force, args.keep_optimizer, args.tokenizer)
+    except (OSError, ValueError) as err:       # CheckpointFormatError and ConversionError are ValueErrors
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, FileNotFoundError) and err.filename:
+            message = f"{err.filename}: no such file"
+        print(f"convert_torch_ckpt.py: error: {message}", file=sys.stderr)
+        return 1
+    print("\n".join(summary))
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -72,7 +72,8 @@ def run(args) -> int:
     import numpy as np
     from absl import logging
     logging.set_verbosity(logging.ERROR)     # orbax warns about read-only directories
-    from microrwkv_jax.checkpoints import load_model_and_tokenizer
+    from microrwkv_jax.families import get_family
+    from microrwkv_jax.loading import load_model_and_tokenizer
     from microrwkv_jax.sampling import generate
 
     model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype)
@@ -81,9 +82,10 @@ def run(args) -> int:
     except UnicodeEncodeError as err:
         raise ValueError(f"--prompt: character {err.object[err.start]!r} at position {err.start} cannot be "
                          f"encoded by the {tokenizer.name} tokenizer") from None
-    if config.arch == "published":
-        print("sample.py: the published architecture is not causal and has no recurrent form; "
-              "rerunning the whole window for every token, as its original sampler does", file=sys.stderr)
+    family = get_family(config.arch)
+    if not family.recurrent:
+        print(f"sample.py: {family.describe(config)} has no recurrent form; rerunning the whole window for "
+              "every token, as its original sampler does", file=sys.stderr)
     prompt = np.tile(np.asarray(prompt, np.int32)[None], (args.num_samples, 1))
 
     streamed, printed, t_first = [], [""], [None]

@@ -4,7 +4,7 @@
     python train.py --config configs/tiny.py [--config.batch_size=8 ...]
 
 Configs are ml_collections files with `get_config()`; any key can be overridden with
---config.KEY=VALUE. See microrwkv_jax/train_lib.py for what a run does.
+--config.KEY=VALUE. See microrwkv_jax/training/ for what a run does.
 """
 
 import sys
@@ -20,13 +20,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)      # orbax logs every file it writes at INFO
-    from microrwkv_jax import train_lib
+    from microrwkv_jax import training
     cfg = _CONFIG.value
     try:
-        train_lib.validate_config(cfg)
-        train_lib.initialize_distributed(cfg)
-        train_lib.train(cfg)
-    except (ValueError, OSError, train_lib.TrainingError) as err:
+        training.validate_config(cfg)
+        training.initialize_distributed(cfg)
+        training.train(cfg)
+    except (ValueError, OSError, training.TrainingError) as err:
         print(f"train.py: error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
 

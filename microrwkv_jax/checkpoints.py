@@ -1,10 +1,13 @@
-"""Model directories: what `convert_torch_ckpt.py` writes and `load_model` reads.
+"""Checkpoints on disk: model directories and training runs' checkpoints.
 
-A model directory holds
+A model directory (what `convert_torch_ckpt.py` writes) holds
     config.json   {"model": ModelConfig fields, "tokenizer": name, ...metadata}
     params/       an orbax checkpoint of the parameters, a flat {"a/b/c": array} dict
 It is written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written directory under the final name.
+
+A training run directory holds `checkpoints/STEP/{params, opt_state, meta}`, kept by an
+orbax CheckpointManager (the last few steps and the best by validation loss).
 """
 
 from __future__ import annotations
@@ -14,38 +17,31 @@ import os
 import pathlib
 import shutil
 import tempfile
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from orbax.checkpoint import checkpoint_managers
 
 from microrwkv_jax.config import ModelConfig
+from microrwkv_jax.families import abstract_model, config_from_dict
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+RUN_ITEMS = ("params", "opt_state", "meta")
 
 
-def build_model(config: ModelConfig, seed: int = 0):
-    """A freshly initialised model of `config.arch` ("causal" or "published")."""
-    if config.arch == "published":
-        from microrwkv_jax.published import PublishedModel
-        return PublishedModel(config, rngs=nnx.Rngs(seed))
-    from microrwkv_jax.model import LanguageModel
-    return LanguageModel(config, rngs=nnx.Rngs(seed))
-
-
-def abstract_model(config: ModelConfig):
-    """The model's structure with shapes only (no memory, no compute)."""
-    return nnx.eval_shape(lambda: build_model(config))
-
+# --- Parameters as a flat dict -------------------------------------------------------------------
 
 class ParamCodec:
-    """Converts between a model and a flat {"blocks/0/tmix/key/kernel": array} parameter dict.
+    """Converts between a model and a flat {"blocks/0/time_mix/key/kernel": array} parameter dict.
 
     The flat dict is what training optimises, what orbax saves and what conversion fills in;
     `model(flat)` is cheap and traceable, so a jitted loss can rebuild the module from it.
+    `linear_maps` names the parameters that are matrices of linear maps (the layers mark them).
     """
 
     def __init__(self, model):
@@ -54,6 +50,8 @@ class ParamCodec:
         self.names = ["/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
                       for path, _ in leaves]
         self.shapes = {n: tuple(leaf.shape) for n, (_, leaf) in zip(self.names, leaves)}
+        self.linear_maps = frozenset("/".join(map(str, path)) for path, variable in nnx.to_flat_state(state)
+                                     if variable.get_metadata().get("linear_map", False))
 
     def flat(self, model) -> dict:
         return dict(zip(self.names, jax.tree.leaves(nnx.state(model, nnx.Param))))
@@ -72,7 +70,7 @@ class ParamCodec:
 
 
 def flat_params(model) -> dict:
-    """{"blocks/0/tmix/key/kernel": array, ...} for every nnx.Param."""
+    """{"blocks/0/time_mix/key/kernel": array, ...} for every nnx.Param."""
     return ParamCodec(model).flat(model)
 
 
@@ -82,6 +80,8 @@ def model_from_flat_params(config: ModelConfig, flat: dict):
     codec.check(flat)
     return codec.model({n: jnp.asarray(flat[n], jnp.float32) for n in codec.names})
 
+
+# --- Model directories -----------------------------------------------------------------------------
 
 def save_model_dir(out_dir, model, meta: dict, force: bool = False, extra: dict | None = None) -> pathlib.Path:
     """Write `model`'s parameters and `meta` (must include "model": config dict) to `out_dir`;
@@ -118,54 +118,63 @@ def is_model_dir(path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
+def read_model_dir_meta(path) -> dict:
+    """The metadata (config.json) of a model directory."""
+    return json.loads((pathlib.Path(path) / CONFIG_FILE).read_text())
+
+
+def restore_model_dir_params(path):
+    """Returns (flat params, config, meta) from a directory written by `save_model_dir`."""
+    path = pathlib.Path(path).absolute()
+    meta = read_model_dir_meta(path)
+    return ocp.StandardCheckpointer().restore(path / PARAMS_DIR), config_from_dict(meta["model"]), meta
+
+
 def restore_model_dir(path):
     """Returns (model, config, meta) from a directory written by `save_model_dir`."""
-    path = pathlib.Path(path).absolute()
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    config = ModelConfig.from_dict(meta["model"])
-    flat = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
+    flat, config, meta = restore_model_dir_params(path)
     return model_from_flat_params(config, flat), config, meta
 
 
-def load_model(path, dtype: str | None = None):
-    """Load a model from a converted checkpoint directory, a training run directory, or a
-    published PyTorch `.pth` file. Returns (model, config); `dtype` overrides the compute dtype."""
-    path = pathlib.Path(path)
-    if path.is_file():
-        from microrwkv_jax.convert import convert_torch_file
-        model, config, _ = convert_torch_file(path)
-    elif is_model_dir(path):
-        model, config, _ = restore_model_dir(path)
-    elif path.is_dir():                     # a training run directory: its newest checkpoint
-        from microrwkv_jax.train_lib import restore_run_params
-        flat, meta = restore_run_params(path)
-        config = ModelConfig.from_dict(meta["model"])
-        model = model_from_flat_params(config, flat)
-    else:
-        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
-    if dtype is not None and dtype != config.dtype:
-        config = config.replace(dtype=dtype)
-        model = model_from_flat_params(config, flat_params(model))
-    return model, config
+# --- Training runs' checkpoints ----------------------------------------------------------------------
+
+def run_checkpoint_manager(run_dir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    """A run's checkpoints: keeps the last `keep` steps and the best by validation loss; saves
+    asynchronously (unless read-only)."""
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=not read_only,
+                                           create=not read_only, read_only=read_only)
+    return ocp.CheckpointManager(pathlib.Path(run_dir).absolute() / "checkpoints", options=options,
+                                 item_names=RUN_ITEMS)
 
 
-def checkpoint_tokenizer_name(path) -> str:
-    """The tokenizer a checkpoint was trained with (published .pth files use GPT-2)."""
-    path = pathlib.Path(path)
-    if is_model_dir(path):
-        return json.loads((path / CONFIG_FILE).read_text()).get("tokenizer", "gpt2")
-    if path.is_dir():
-        from microrwkv_jax.train_lib import read_run_meta
-        return read_run_meta(path).get("tokenizer", "gpt2")
-    return "gpt2"
+def latest_run_checkpoint(run_dir) -> Optional[int]:
+    """The step of a run's newest complete checkpoint, or None."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        return None
+    return run_checkpoint_manager(run_dir, read_only=True).latest_step()
 
 
-def load_model_and_tokenizer(path, dtype: str | None = None):
-    """(model, config, tokenizer) of any checkpoint `load_model` reads."""
-    from microrwkv_jax.data.tokenizers import get_tokenizer
-    model, config = load_model(path, dtype=dtype)
-    tokenizer = get_tokenizer(checkpoint_tokenizer_name(path))
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{path}: the model's vocabulary ({config.vocab_size}) is smaller than its "
-                         f"{tokenizer.name} tokenizer's ({tokenizer.vocab_size})")
-    return model, config, tokenizer
+def _restore_run_items(run_dir, step: Optional[int], **items):
+    """Restore the named items of a run's checkpoint (the latest complete one by default)."""
+    manager = run_checkpoint_manager(run_dir, read_only=True)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint in {pathlib.Path(run_dir) / 'checkpoints'}")
+    return manager.restore(step, args=ocp.args.Composite(**items))
+
+
+def restore_run_params(run_dir, step: Optional[int] = None):
+    """(flat params as numpy, meta) of a training run's checkpoint (the latest by default)."""
+    restored = _restore_run_items(run_dir, step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    return dict(restored.params), restored.meta
+
+
+def read_run_meta(run_dir, step: Optional[int] = None) -> dict:
+    """The metadata (model config, tokenizer, step) of a run's checkpoint, without its arrays."""
+    return _restore_run_items(run_dir, step, meta=ocp.args.JsonRestore()).meta

@@ -1,114 +1,17 @@
-"""Text generation.
+"""Text generation, for every model family.
 
-Causal models decode recurrently at constant cost per token: the prompt is prefilled in
-parallel (chunked WKV, attention over the prompt) into a decoding state, then a compiled
-`lax.scan` samples and feeds back `block` tokens per device call. Per-token work happens on
-the device; the host only streams each finished block. The prompt is fed in pieces of
-PREFILL_PIECE tokens and powers of two, so a new prompt length does not recompile.
-
-The published architecture is not causal and has no recurrent form: like the original
-sampler it reruns the whole (cropped) context for every new token.
+Each family says how it generates (`Family.generate`): causal models decode recurrently at
+constant cost per token (`microrwkv_jax.decoding`); the published architecture is not causal
+and reruns its whole (cropped) context for every token, as its original sampler does.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from microrwkv_jax.layers.output_head import tied_logits
-
-PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
-MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
-
-
-def sample_logits(logits, keys, temperature: float, top_k: Optional[int], top_p: Optional[float]):
-    """Draw one token per row. logits [B, V] float32, keys [B] -> int32 [B]. temperature 0 is greedy."""
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p is not None and top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        # Keep the smallest prefix whose probability reaches top_p (always at least one token).
-        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
-
-
-def _row_keys(seed: int, batch: int, position):
-    """Row i draws token at `position` with key(seed + i) folded with the position, so a batch of
-    samples equals the same samples drawn one at a time with seeds seed, seed + 1, ..."""
-    base = jax.vmap(jax.random.key)(seed + jnp.arange(batch))
-    return jax.vmap(lambda k: jax.random.fold_in(k, position))(base)
-
-
-def _capacity(total_len: int) -> int:
-    """Slots for global-attention caches: a power of two >= total_len (bounded recompiles)."""
-    return max(MIN_CAPACITY, 1 << (int(total_len) - 1).bit_length())
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _prefill_piece(graphdef, params, state, tokens):
-    """Feed tokens [B, T] into the state; returns (the last position's logits [B, V], state).
-    Only the last position's logits are needed, so the head (the widest product) runs on it alone."""
-    model = nnx.merge(graphdef, params)
-    x, state, _ = model.features(tokens, state)
-    return tied_logits(x[:, -1:], model.wte.embedding[...], model.config.vocab_size)[:, 0], state
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
-def _decode_block(graphdef, params, state, last_logits, done, block, temperature, top_k, top_p, seed,
-                  stop_token):
-    """Sample `block` tokens, feeding each back. Returns (tokens [B, block], state, logits, done)."""
-    model = nnx.merge(graphdef, params)
-    batch = last_logits.shape[0]
-
-    def step(carry, _):
-        state, logits, done = carry
-        token = sample_logits(logits, _row_keys(seed, batch, state["pos"]), temperature, top_k, top_p)
-        token = jnp.where(done, stop_token, token)
-        done = done | (token == stop_token)
-        logits, state, _ = model.forward(token[:, None], state)
-        return (state, logits[:, 0], done), token
-
-    (state, last_logits, done), tokens = jax.lax.scan(step, (state, last_logits, done), None, length=block)
-    return tokens.T, state, last_logits, done
-
-
-def prefill_pieces(length: int) -> list:
-    """Split a prompt into pieces of PREFILL_PIECE tokens, then powers of two: 77 -> [64, 8, 4, 1].
-    Each piece runs in parallel (chunked WKV, attention over the piece), and only
-    log2(PREFILL_PIECE) + 1 piece shapes ever compile, whatever the prompt length."""
-    pieces = [PREFILL_PIECE] * (length // PREFILL_PIECE)
-    rest = length % PREFILL_PIECE
-    pieces += [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
-    return pieces
-
-
-def _prefill(graphdef, params, state, prompt):
-    """Run the prompt [B, T] through the model; returns (last position's logits, state)."""
-    start = 0
-    for size in prefill_pieces(prompt.shape[1]):
-        last, state = _prefill_piece(graphdef, params, state, jnp.asarray(prompt[:, start:start + size]))
-        start += size
-    return last, state
-
-
-def prefill(model, prompt, max_len: int):
-    """The decoding state after `prompt` [B, T] and the logits [B, V] for the next token."""
-    graphdef, params = nnx.split(model)
-    prompt = np.asarray(prompt, np.int32)
-    state = model.init_state(prompt.shape[0], _capacity(max_len))
-    return _prefill(graphdef, params, state, prompt)
+from microrwkv_jax.families import get_family
 
 
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -119,65 +22,13 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 1.0, to
     temperature 0 is greedy; top_k / top_p restrict sampling; row i samples with seed + i.
     With `stop_token`, a row stops at that token (it is included, then repeated as padding) and
     generation ends when every row has stopped. `on_tokens(tokens [B, n])` receives each newly
-    generated block, for streaming. Returns the new tokens, int32 [B, max_new_tokens] (fewer
-    columns if every row stopped early).
+    generated block (of up to `block` tokens), for streaming. Returns the new tokens, int32
+    [B, max_new_tokens] (fewer columns if every row stopped early).
     """
     prompt = np.asarray(prompt, np.int32)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt: expected int tokens [B, T] with T >= 1, got shape {prompt.shape}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
-    if model.config.arch == "published":
-        return _generate_by_reforward(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
-                                      stop_token, on_tokens)
-    graphdef, params = nnx.split(model)
-    b, t = prompt.shape
-    state = model.init_state(b, _capacity(t + max_new_tokens + block))
-    logits, state = _prefill(graphdef, params, state, prompt)
-    done = jnp.zeros((b,), bool)
-    stop = -1 if stop_token is None else int(stop_token)
-    out = []
-    produced = 0
-    while produced < max_new_tokens:
-        # The first token comes alone, so that it streams as soon as it exists; then whole blocks.
-        size = 1 if produced == 0 else block
-        tokens, state, logits, done = _decode_block(graphdef, params, state, logits, done, size, float(temperature),
-                                                    top_k, top_p, seed, stop)
-        tokens = np.asarray(tokens)[:, : max_new_tokens - produced]
-        produced += tokens.shape[1]
-        out.append(tokens)
-        if on_tokens is not None:
-            on_tokens(tokens)
-        if stop_token is not None and bool(np.all(np.asarray(done))):
-            break
-    return np.concatenate(out, axis=1)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _reforward_next(graphdef, params, context, keys, temperature, top_k, top_p):
-    logits = nnx.merge(graphdef, params)(context)[:, -1]
-    return sample_logits(logits, keys, temperature, top_k, top_p)
-
-
-def _generate_by_reforward(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token, on_tokens):
-    """The published sampler: crop to block_size, run the whole window, sample, repeat."""
-    graphdef, params = nnx.split(model)
-    context = prompt
-    b = prompt.shape[0]
-    done = np.zeros((b,), bool)
-    out = []
-    for _ in range(max_new_tokens):
-        window = context[:, -model.config.block_size:]
-        keys = _row_keys(seed, b, context.shape[1])
-        token = np.asarray(_reforward_next(graphdef, params, jnp.asarray(window), keys, float(temperature),
-                                           top_k, top_p))
-        if stop_token is not None:
-            token = np.where(done, stop_token, token)
-            done |= token == stop_token
-        out.append(token[:, None])
-        context = np.concatenate([context, token[:, None]], axis=1)
-        if on_tokens is not None:
-            on_tokens(token[:, None])
-        if stop_token is not None and done.all():
-            break
-    return np.concatenate(out, axis=1)
+    return get_family(model.config.arch).generate(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
+                                                  stop_token, on_tokens, block)

@@ -26,6 +26,10 @@ class UnsafeCheckpointError(CheckpointFormatError):
     """The pickle names something outside the admitted set; nothing of it was run."""
 
 
+class ConversionError(ValueError):
+    """The checkpoint is readable but is not a model of a family that can convert it."""
+
+
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,

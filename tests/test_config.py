@@ -1,6 +1,6 @@
 import pytest
 
-from microrwkv_jax import ModelConfig
+from microrwkv_jax import ModelConfig, model_config
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -9,11 +9,8 @@ from microrwkv_jax import ModelConfig
     (dict(swa_window=0), "swa_window=0: must be a positive integer"),
     (dict(gqa_window=-4), "gqa_window=-4: must be None (global) or a positive integer"),
     (dict(num_experts=4, num_active_experts=5), "num_active_experts=5: must be <= num_experts=4"),
-    (dict(layers=("time_mix", "attn")), "layers=('time_mix', 'attn'): unknown sub-layer 'attn'; expected names from ('time_mix', 'channel_mix', 'swa', 'gqa', 'moe', 'mlp')"),
-    (dict(layers=()), "layers=(): must name at least one sub-layer"),
     (dict(n_layer=0), "n_layer=0: must be a positive integer"),
     (dict(dtype="float8"), "dtype='float8': expected one of ('float32', 'bfloat16', 'float16')"),
-    (dict(arch="gpt"), "arch='gpt': expected one of ('causal', 'published')"),
 ])
 def test_impossible_settings_name_the_field_and_value(kwargs, message):
     with pytest.raises(ValueError) as err:
@@ -21,15 +18,39 @@ def test_impossible_settings_name_the_field_and_value(kwargs, message):
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("preset, kwargs, message", [
+    ("hybrid", dict(layers=("time_mix", "attn")),
+     "layers=('time_mix', 'attn'): unknown sub-layer 'attn'; expected names from ('time_mix', 'channel_mix', 'swa', 'gqa', 'moe', 'mlp')"),
+    ("hybrid", dict(layers=()), "layers=(): must name at least one sub-layer"),
+    ("rwkv", dict(layers=("time_mix", "time_mix")), "layers=('time_mix', 'time_mix'): names a sub-layer twice"),
+    ("published", dict(n_embd=40, n_head=4), "n_embd=40: the published GQA needs n_embd divisible by 4 * n_head = 16"),
+    ("published", dict(n_layer=1), "n_layer=1: the published initialisation divides by n_layer - 1 and n_head - 1; use >= 2"),
+])
+def test_each_family_checks_its_own_fields(preset, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        model_config(preset, **kwargs)
+    assert str(err.value) == message
+
+
+def test_unknown_arch_is_refused_by_the_registry():
+    from microrwkv_jax.families import build_model, get_family
+    with pytest.raises(ValueError) as err:
+        get_family("gpt")
+    assert str(err.value) == "arch='gpt': expected one of ('causal', 'published')"
+    with pytest.raises(ValueError, match=r"^arch='gpt': expected one of"):
+        build_model(ModelConfig(arch="gpt"))
+
+
 def test_defaults_and_families():
     c = ModelConfig()
     assert c.layers == ("time_mix", "channel_mix", "swa", "gqa", "moe")
     assert c.n_kv_head == 2 and c.swa_window == 256 and c.gqa_window is None
     assert c.padded_vocab_size == 50304
-    assert ModelConfig.family("rwkv").layers == ("time_mix", "channel_mix")
-    assert ModelConfig.family("gpt").layers == ("gqa", "mlp")
+    assert model_config("rwkv").layers == ("time_mix", "channel_mix")
+    assert model_config("gpt").layers == ("gqa", "mlp")
+    assert model_config("published").arch == "published"
     with pytest.raises(ValueError, match=r"^family: unknown model family 'bert'"):
-        ModelConfig.family("bert")
+        model_config("bert")
 
 
 def test_dict_round_trip_and_unknown_keys():

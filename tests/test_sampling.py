@@ -1,6 +1,5 @@
-"""Recurrent decoding: prefill, generate, and the sample.py command line."""
+"""Decoding and sampling: prefill, generate, and the sample.py command line."""
 
-import importlib.util
 import subprocess
 import sys
 
@@ -10,13 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from microrwkv_jax import LanguageModel, sampling
+from microrwkv_jax import LanguageModel, decoding, sampling
 from microrwkv_jax.checkpoints import save_model_dir
-from tests.conftest import REPO, rel_err, tiny_config
+from tests.helpers import REPO, load_script, rel_err, tiny_config
 
-spec = importlib.util.spec_from_file_location("sample_cli", REPO / "sample.py")
-sample_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sample_cli)
+sample_cli = load_script("sample.py")
 
 
 def make(family="hybrid", **overrides):
@@ -36,9 +33,9 @@ def step_forward(model, x, state):
 def test_parallel_prefill_leaves_the_state_of_token_by_token_decoding(family):
     model = make(family, gqa_window=None if family != "hybrid" else 12)
     prompt = prompt_tokens(0, 2, 77)      # parallel pieces of 64, 8, 4 and 1 tokens
-    assert sampling.prefill_pieces(77) == [64, 8, 4, 1]
-    logits, state = sampling.prefill(model, prompt, max_len=100)
-    ref_state = model.init_state(2, sampling._capacity(100))
+    assert decoding.prefill_pieces(77) == [64, 8, 4, 1]
+    logits, state = decoding.prefill(model, prompt, max_len=100)
+    ref_state = model.init_state(2, decoding.cache_capacity(100))
     for i in range(77):
         ref_logits, ref_state, _ = step_forward(model, jnp.asarray(prompt[:, i:i + 1]), ref_state)
     assert rel_err(logits, ref_logits[:, 0]) <= 1e-5
@@ -75,10 +72,10 @@ def test_batched_samples_equal_samples_drawn_one_at_a_time():
 def test_new_prompt_lengths_do_not_recompile():
     model = make("rwkv")
     sampling.generate(model, prompt_tokens(3, 1, 127), 20, temperature=0.0)   # pieces 64, 32, ..., 1
-    sizes = (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size())
+    sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size())
     for length in (3, 41, 130, 150, 200):
         sampling.generate(model, prompt_tokens(4, 1, length), 20, temperature=0.0)
-    assert (sampling._decode_block._cache_size(), sampling._prefill_piece._cache_size()) == sizes
+    assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size()) == sizes
 
 
 def test_stop_token_ends_rows_and_pads():
@@ -94,9 +91,9 @@ def test_stop_token_ends_rows_and_pads():
 
 def test_top_k_one_is_greedy_and_sample_logits_respects_top_p():
     logits = jnp.asarray([[0.0, 3.0, 1.0, 2.9]])
-    keys = sampling._row_keys(0, 1, 0)
-    assert int(sampling.sample_logits(logits, keys, 1.0, 1, None)[0]) == 1
-    draws = {int(sampling.sample_logits(logits, sampling._row_keys(s, 1, 0), 1.0, None, 0.5)[0]) for s in range(40)}
+    keys = decoding.row_keys(0, 1, 0)
+    assert int(decoding.sample_logits(logits, keys, 1.0, 1, None)[0]) == 1
+    draws = {int(decoding.sample_logits(logits, decoding.row_keys(s, 1, 0), 1.0, None, 0.5)[0]) for s in range(40)}
     assert draws == {1, 3}
 
 
@@ -142,6 +139,7 @@ def test_cli_bad_input(argv, message, capsys):
     assert capsys.readouterr().err == f"sample.py: error: {message}\n"
 
 
+@pytest.mark.slow
 def test_cli_unencodable_prompt_and_exit_status(model_dir):
     done = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(model_dir), "--prompt", "caf\udce9"],
                           capture_output=True, text=True, cwd=REPO, errors="surrogateescape")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from microrwkv_jax import wkv
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 
 
 def random_inputs(seed, b=2, t=37, h=3, n=8, dtype=jnp.float32, w_range=(0.01, 0.9999)):

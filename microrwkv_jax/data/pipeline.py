@@ -77,8 +77,14 @@ def read_local_documents(pattern: str, text_field: str) -> list:
     return docs
 
 
-def read_tfds_documents(name: str, split: str, data_dir: Optional[str], text_field: str) -> list:
+def tfds_splits(name: str, data_dir: Optional[str]) -> list:
+    """The splits a prepared TFDS dataset has (read from its dataset_info, without TensorFlow)."""
     import tensorflow_datasets as tfds    # imported only here: TFDS is optional at run time
+    return list(tfds.builder(name, data_dir=data_dir).info.splits.keys())
+
+
+def read_tfds_documents(name: str, split: str, data_dir: Optional[str], text_field: str) -> list:
+    import tensorflow_datasets as tfds
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     docs = []
     for i in range(len(source)):
@@ -96,10 +102,10 @@ def _source_documents(dataset: str, data_cfg):
     if dataset.startswith("tfds:"):
         name = dataset[len("tfds:"):]
         train = read_tfds_documents(name, "train", data_cfg.tfds_data_dir, data_cfg.text_field)
-        try:
+        if data_cfg.tfds_val_split not in tfds_splits(name, data_cfg.tfds_data_dir):
+            train, val = _holdout(train, data_cfg.val_fraction)     # no validation split: hold out from train
+        else:
             val = read_tfds_documents(name, data_cfg.tfds_val_split, data_cfg.tfds_data_dir, data_cfg.text_field)
-        except Exception:  # no validation split: hold out a fraction of train
-            train, val = _holdout(train, data_cfg.val_fraction)
         return train, val, None
     docs = read_local_documents(dataset, data_cfg.text_field)
     train, val = _holdout(docs, data_cfg.val_fraction)

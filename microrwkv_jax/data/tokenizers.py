@@ -15,7 +15,6 @@ import os
 import numpy as np
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-TOKENIZERS = ("byte", "gpt2")
 
 
 class ByteTokenizer:
@@ -61,12 +60,19 @@ class GPT2Tokenizer:
         return self.enc.decode([int(t) for t in tokens if 0 <= int(t) < self.eot_id])
 
 
+TOKENIZER_CLASSES = {"byte": ByteTokenizer, "gpt2": GPT2Tokenizer}
+TOKENIZERS = tuple(TOKENIZER_CLASSES)
+
+
+def tokenizer_class(name: str) -> type:
+    """The tokenizer's class: its `vocab_size` and `eot_id` without loading any file."""
+    if name not in TOKENIZER_CLASSES:
+        raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS}")
+    return TOKENIZER_CLASSES[name]
+
+
 def get_tokenizer(name: str):
-    if name == "byte":
-        return ByteTokenizer()
-    if name == "gpt2":
-        return GPT2Tokenizer()
-    raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS}")
+    return tokenizer_class(name)()
 
 
 def encode_documents(tokenizer, texts, progress: bool = False, desc: str = "tokenizing"):

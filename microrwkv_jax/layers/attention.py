@@ -119,10 +119,10 @@ class CausalSelfAttention(nnx.Module):
         shape = (batch, slots, self.n_kv_head, self.head_size)
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
-    def __call__(self, x, start=0, state=None):
+    def __call__(self, x, *, start=0, state=None):
         """x: [B, T, C]; start: position of x[:, 0] (int or traced scalar); state: a cache from
         `init_state` holding the `start` tokens before x, or None for a fresh sequence.
-        Returns (out [B, T, C], new cache or None)."""
+        Returns (out [B, T, C], new cache or None, no aux)."""
         b, t, _ = x.shape
         n, hq, hkv = self.head_size, self.n_head, self.n_kv_head
         q, k, v = jnp.split(self.qkv(x).reshape(b, t, hq + 2 * hkv, n), [hq, hq + hkv], axis=2)
@@ -133,7 +133,7 @@ class CausalSelfAttention(nnx.Module):
             y, new_state = causal_attention(q, k, v, self.window), None
         else:
             y, new_state = self._attend_with_cache(q, k, v, start, state)
-        return self.proj(y.reshape(b, t, hq * n)), new_state
+        return self.proj(y.reshape(b, t, hq * n)), new_state, {}
 
     def _attend_with_cache(self, q, k, v, start, state):
         """Attend from x's queries to the cached keys and x's own keys, then write x's keys."""

@@ -15,5 +15,9 @@ class MLP(nnx.Module):
         self.fc = linear(n_embd, ratio * n_embd, rngs=rngs, dtype=dtype)
         self.proj = linear(ratio * n_embd, n_embd, rngs=rngs, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
 
-    def __call__(self, x):
-        return self.proj(nnx.gelu(self.fc(x)))
+    def init_state(self, batch: int, max_len: int) -> dict:
+        return {}
+
+    def __call__(self, x, *, start=0, state=None):
+        """x: [B, T, C] -> (y [B, T, C], state passed through, no aux)."""
+        return self.proj(nnx.gelu(self.fc(x))), state, {}

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from microrwkv_jax.layers.linears import STD
+from microrwkv_jax.layers.linears import STD, linear_map_param
 
 
 class TinyMoE(nnx.Module):
@@ -16,25 +16,27 @@ class TinyMoE(nnx.Module):
     (zero outside each token's top-k, renormalised over it) select the outputs: no token
     dropping, no capacity factor, static shapes that shard like a dense layer.
 
-    Returns (out [B, T, C], aux_loss, expert_fraction [E]):
-      aux_loss = E * sum_e f_e * P_e (Switch Transformer), where f_e is the fraction of
+    Returns (out [B, T, C], state (passed through: the layer keeps none), aux) with aux
+      "moe_aux_loss" = E * sum_e f_e * P_e (Switch Transformer), where f_e is the fraction of
       routing slots given to expert e and P_e its mean router probability; it is 1 when
       routing is uniform and grows as it collapses onto few experts.
-      expert_fraction = f, for logging.
+      "expert_fraction" = f [E], for logging.
     """
 
     def __init__(self, n_embd: int, num_experts: int, num_active_experts: int, expert_dim: int,
                  n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.num_experts, self.top_k, self.dtype = num_experts, num_active_experts, dtype
-        normal = lambda std, shape: nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
-        self.router = normal(STD, (n_embd, num_experts))
-        self.w_in = normal(STD, (num_experts, n_embd, expert_dim))
+        self.router = linear_map_param(rngs, STD, (n_embd, num_experts))
+        self.w_in = linear_map_param(rngs, STD, (num_experts, n_embd, expert_dim))
         self.b_in = nnx.Param(jnp.zeros((num_experts, expert_dim), jnp.float32))
-        self.w_out = normal(STD / (2 * n_layer) ** 0.5, (num_experts, expert_dim, n_embd))
+        self.w_out = linear_map_param(rngs, STD / (2 * n_layer) ** 0.5, (num_experts, expert_dim, n_embd))
         self.b_out = nnx.Param(jnp.zeros((num_experts, n_embd), jnp.float32))
 
-    def __call__(self, x):
-        """x: [B, T, C]."""
+    def init_state(self, batch: int, max_len: int) -> dict:
+        return {}
+
+    def __call__(self, x, *, start=0, state=None):
+        """x: [B, T, C]; every token is routed on its own, so `start` is not needed."""
         probs = jax.nn.softmax(jnp.einsum("btc,ce->bte", x.astype(jnp.float32), self.router[...]), axis=-1)
         top_probs, top_idx = jax.lax.top_k(probs, self.top_k)                       # [B, T, k]
         chosen = jax.nn.one_hot(top_idx, self.num_experts, dtype=jnp.float32)        # [B, T, k, E]
@@ -46,5 +48,5 @@ class TinyMoE(nnx.Module):
         out = jnp.einsum("bte,btec->btc", gates.astype(self.dtype), expert_out)
         expert_fraction = jnp.mean(jnp.sum(chosen, axis=2), axis=(0, 1)) / self.top_k   # [E], sums to 1
         aux_loss = self.num_experts * jnp.sum(expert_fraction * jnp.mean(probs, axis=(0, 1)))
-        return out.astype(x.dtype), aux_loss, expert_fraction
+        return out.astype(x.dtype), state, {"moe_aux_loss": aux_loss, "expert_fraction": expert_fraction}
 

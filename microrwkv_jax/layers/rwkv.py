@@ -1,7 +1,8 @@
 """RWKV x051a time mixing (WKV attention) and channel mixing, with explicit recurrent state.
 
 Both take the previous token's input vector explicitly, so that a sequence can be fed
-all at once, in pieces, or one token at a time with identical results.
+all at once, in pieces, or one token at a time with identical results. Both take the
+sub-layer interface `__call__(x, *, start, state) -> (y, new_state, aux)`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class TimeMix(nnx.Module):
 
     def __init__(self, n_embd: int, n_head: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
                  bias: bool = False, chunk_size: int = 64, dtype=jnp.float32):
-        self.n_head, self.head_size, self.chunk_size = n_head, n_embd // n_head, chunk_size
+        self.n_embd, self.n_head, self.head_size, self.chunk_size = n_embd, n_head, n_embd // n_head, chunk_size
         r0, r1 = _ratios(layer_id, n_layer)
         ddd = _channel_ramp(n_embd)
         param = lambda a: nnx.Param(jnp.asarray(a, jnp.float32))
@@ -55,17 +56,19 @@ class TimeMix(nnx.Module):
         # eps = 1e-5 * head_size_divisor^2 with x051a's divisor 8, whatever the head size.
         self.ln_x = HeadGroupNorm(n_embd, n_head, eps=64e-5)
 
-    def init_state(self, batch: int, n_embd: int):
+    def init_state(self, batch: int, max_len: int = 0):
+        """The recurrent state: a constant size whatever `max_len`."""
         n = self.head_size
-        return {"shift": jnp.zeros((batch, n_embd), jnp.float32),
+        return {"shift": jnp.zeros((batch, self.n_embd), jnp.float32),
                 "wkv": jnp.zeros((batch, self.n_head, n, n), jnp.float32)}
 
-    def __call__(self, x, state=None):
-        """x: [B, T, C]; state: {"shift": [B, C], "wkv": [B, H, N, N]} or None for a fresh sequence.
-        Returns (out [B, T, C], new state). T == 1 uses the step form, longer inputs the chunked one."""
+    def __call__(self, x, *, start=0, state=None):
+        """x: [B, T, C]; state: {"shift": [B, C], "wkv": [B, H, N, N]} or None for a fresh sequence
+        (the state carries the position, so `start` is not needed). Returns (out [B, T, C], new
+        state, no aux). T == 1 uses the step form, longer inputs the chunked one."""
         b, t, c = x.shape
         if state is None:
-            state = self.init_state(b, c)
+            state = self.init_state(b)
         xx = token_shift(x, state["shift"]) - x
         xr, xk, xv, xg = (x + xx * m[...].astype(x.dtype) for m in
                           (self.time_maa_r, self.time_maa_k, self.time_maa_v, self.time_maa_g))
@@ -80,7 +83,7 @@ class TimeMix(nnx.Module):
         else:
             y, wkv_state = wkv.wkv_chunked(r, k, v, w, u, state["wkv"], self.chunk_size)
         y = self.ln_x(y.reshape(b, t, c))
-        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}
+        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, {}
 
 
 class ChannelMix(nnx.Module):
@@ -88,6 +91,7 @@ class ChannelMix(nnx.Module):
 
     def __init__(self, n_embd: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
                  bias: bool = False, dtype=jnp.float32):
+        self.n_embd = n_embd
         _, r1 = _ratios(layer_id, n_layer)
         ramp = 1.0 - _channel_ramp(n_embd) ** r1
         self.time_maa_k = nnx.Param(jnp.asarray(ramp, jnp.float32))
@@ -96,16 +100,16 @@ class ChannelMix(nnx.Module):
         self.value = linear(3 * n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype)
         self.receptance = linear(n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype)
 
-    def init_state(self, batch: int, n_embd: int):
-        return {"shift": jnp.zeros((batch, n_embd), jnp.float32)}
+    def init_state(self, batch: int, max_len: int = 0):
+        return {"shift": jnp.zeros((batch, self.n_embd), jnp.float32)}
 
-    def __call__(self, x, state=None):
-        """x: [B, T, C]; state {"shift": [B, C]} or None. Returns (out [B, T, C], new state)."""
+    def __call__(self, x, *, start=0, state=None):
+        """x: [B, T, C]; state {"shift": [B, C]} or None. Returns (out [B, T, C], new state, no aux)."""
         if state is None:
-            state = self.init_state(x.shape[0], x.shape[-1])
+            state = self.init_state(x.shape[0])
         xx = token_shift(x, state["shift"]) - x
         xk = x + xx * self.time_maa_k[...].astype(x.dtype)
         xr = x + xx * self.time_maa_r[...].astype(x.dtype)
         hidden = jnp.square(nnx.relu(self.key(xk)))
         out = nnx.sigmoid(self.receptance(xr)) * self.value(hidden)
-        return out, {"shift": x[:, -1].astype(jnp.float32)}
+        return out, {"shift": x[:, -1].astype(jnp.float32)}, {}

@@ -1,5 +1,6 @@
-"""A PyTorch implementation of the published MicroRWKV model, written from
-../shared/spec/reference-model.md for the tests and benchmarks only (torch is an optional extra).
+"""A PyTorch implementation of the published MicroRWKV model, written from its specification
+(the published training code, faults included) for the tests and benchmarks only: torch is
+the test extra, never a dependency of the library.
 
 It keeps the original's parameter names, so its `state_dict()` is what the published
 training script saves, and its `generate` is the published sampler (full re-forward per token).
@@ -18,9 +19,6 @@ def rms(x):
 
 def shift(x):
     return F.pad(x, (0, 0, 1, -1))
-
-
-WKV_FORM = {"chunked": False}   # tests use the token loop; benchmarks switch to the chunked form
 
 
 def wkv_loop(r, k, v, w, u):
@@ -61,8 +59,9 @@ def wkv_chunked(r, k, v, w, u):
 
 
 class TMix(nn.Module):
-    def __init__(self, a, i):
+    def __init__(self, a, i, chunked_wkv=False):
         super().__init__()
+        self.chunked_wkv = chunked_wkv
         C, H, L = a["n_embd"], a["n_head"], a["n_layer"]
         self.H, self.N = H, C // H
         r0, r1 = i / (L - 1), 1.0 - i / L
@@ -91,7 +90,7 @@ class TMix(nn.Module):
         g = F.silu(self.gate(xg))
         w = torch.exp(-torch.exp(self.time_decay.float())).view(1, H, 1, 1)
         u = self.time_faaaa.float().view(1, H, 1, 1)
-        y = wkv_chunked(r, k, v, w, u) if WKV_FORM["chunked"] else wkv_loop(r, k, v, w, u)
+        y = wkv_chunked(r, k, v, w, u) if self.chunked_wkv else wkv_loop(r, k, v, w, u)
         y = y.to(x.dtype).reshape(B * T, C)
         y = self.ln_x(y).view(B, T, C)
         return self.output(y * g)
@@ -168,9 +167,9 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, a, i):
+    def __init__(self, a, i, chunked_wkv=False):
         super().__init__()
-        self.tmix, self.cmix = TMix(a, i), CMix(a, i)
+        self.tmix, self.cmix = TMix(a, i, chunked_wkv), CMix(a, i)
         self.sliding_attn, self.grouped_attn, self.moe = SWA(a), GQA(a), MoE(a)
 
     def forward(self, x):
@@ -182,14 +181,17 @@ class Block(nn.Module):
 
 
 class PublishedTorchModel(nn.Module):
-    def __init__(self, model_args):
+    """The published model. chunked_wkv: the published code's chunked WKV (fast, what the benchmarks
+    time) instead of the token-by-token loop (the plainest form, what the tests compare against)."""
+
+    def __init__(self, model_args, chunked_wkv=False):
         super().__init__()
         a = dict(model_args)
         self.block_size = a["block_size"]
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(a["vocab_size"], a["n_embd"]),
             wpe=nn.Embedding(a["block_size"], a["n_embd"]),
-            h=nn.ModuleList(Block(a, i) for i in range(a["n_layer"])),
+            h=nn.ModuleList(Block(a, i, chunked_wkv) for i in range(a["n_layer"])),
             ln_f=nn.LayerNorm(a["n_embd"], bias=a["bias"]),
         ))
         self.lm_head = nn.Linear(a["n_embd"], a["vocab_size"], bias=False)

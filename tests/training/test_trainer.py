@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import GPT2_BPE, REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow      # every test here runs train.py in subprocesses
 
 TINY = ["--config.num_train_steps=4", "--config.batch_size=4", "--config.eval_every=2", "--config.eval_batches=1",
         "--config.log_every=1", "--config.checkpoint_every=2", "--config.warmup_steps=1",
@@ -39,7 +41,7 @@ def metrics(out_dir):
 
 
 def final_params(out_dir):
-    from microrwkv_jax.train_lib import restore_run_params
+    from microrwkv_jax.checkpoints import restore_run_params
     params, meta = restore_run_params(out_dir)
     return {k: np.asarray(v) for k, v in params.items()}, meta
 
@@ -59,94 +61,16 @@ def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     assert meta["step"] == 4 and meta["tokenizer"] == "byte"
 
 
-def test_tinystories_config_on_local_text_files(tmp_path):
-    if not GPT2_BPE.exists():
-        pytest.skip(f"GPT-2 BPE file absent: {GPT2_BPE}")
+def test_tinystories_config_on_local_text_files(tmp_path, gpt2_bpe):
     from microrwkv_jax.data.stories import generate_stories
     texts, _ = generate_stories(120, 5)
     (tmp_path / "TinyStories-train.txt").write_text("\n<|endoftext|>\n".join(texts))
     out = tmp_path / "run"
     train_cli(out, f"--config.dataset={tmp_path}/TinyStories-*.txt", "--config.num_train_steps=2",
               "--config.model.n_head=2", "--config.model.swa_window=16", config="configs/tinystories.py",
-              env={"MICRORWKV_GPT2_BPE": str(GPT2_BPE)})
+              env={"MICRORWKV_GPT2_BPE": str(gpt2_bpe)})
     train, val = metrics(out)
     assert len(train) == 2 and val[-1]["entropy_floor"] is None
-
-
-# --- the loss --------------------------------------------------------------------------------
-
-PUBLISHED_ARGS = dict(block_size=64, vocab_size=97, n_layer=2, n_head=2, n_embd=32, num_experts=4,
-                      num_active_experts=3, expert_dim=20, dim=32, dropout=0.0, bias=False)
-
-
-def tiny_model_config(family, dtype="float32"):
-    from microrwkv_jax.convert import config_from_model_args
-    from tests.conftest import tiny_config
-    config = config_from_model_args(PUBLISHED_ARGS) if family == "published" else tiny_config(family)
-    return config.replace(dtype=dtype)
-
-
-def loss_and_grads(config, batch, **loss_kwargs):
-    import jax
-    from microrwkv_jax.checkpoints import ParamCodec, build_model
-    from microrwkv_jax.train_lib import make_loss_fn
-    codec = ParamCodec(build_model(config, seed=0))
-    params = codec.flat(build_model(config, seed=0))
-    (loss, (ce, _)), grads = jax.jit(jax.value_and_grad(make_loss_fn(codec, 0.01, **loss_kwargs), has_aux=True))(
-        params, batch)
-    return codec, params, loss, ce, grads
-
-
-@pytest.mark.parametrize("rows, seq_len, vocab, budget, expected", [
-    (16, 1024, 50304, 2 ** 28, 256),    # at most 333 positions fit: 4 equal chunks, no padding
-    (8, 512, 50304, 2 ** 23, 20),       # at most 20: 26 chunks of 20 (8 padded positions)
-    (8, 384, 257, 2 ** 23, 384),        # a byte vocabulary: one chunk
-    (4, 40, 97, 4 * 97 * 6, 6),         # 7 chunks of 6 (2 padded positions)
-    (64, 100, 50304, 1000, 1),          # the budget is smaller than one position's logits
-])
-def test_loss_chunk_len(rows, seq_len, vocab, budget, expected):
-    from microrwkv_jax.train_lib import loss_chunk_len
-    assert loss_chunk_len(rows, seq_len, vocab, budget) == expected
-
-
-@pytest.mark.parametrize("family", ["hybrid", "published"])
-def test_trainer_loss_and_gradients_equal_autodiff_through_the_logits(family):
-    """The fused head loss (chunked, gradients formed in the forward pass) against plain autodiff
-    of optax's cross-entropy on the model's logits, for every parameter."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from tests.conftest import rel_err
-    config = tiny_model_config(family)
-    batch = jnp.asarray(np.random.default_rng(0).integers(0, 97, (4, 41)), jnp.int32)
-    codec, params, loss, ce, grads = loss_and_grads(config, batch, loss_chunk_elements=4 * 97 * 6)   # 7 chunks
-
-    def reference(p):
-        logits, _, aux = codec.model(p).forward(batch[:, :-1])
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-        return ce + 0.01 * aux["moe_aux_loss"], ce
-
-    (ref_loss, ref_ce), ref_grads = jax.value_and_grad(reference, has_aux=True)(params)
-    assert abs(float(ce) - float(ref_ce)) <= 1e-6 * float(ref_ce)
-    assert abs(float(loss) - float(ref_loss)) <= 1e-6 * float(ref_loss)
-    worst = max((rel_err(grads[k], ref_grads[k]), k) for k in params if np.any(np.asarray(ref_grads[k])))
-    assert worst[0] <= 1e-4, worst
-    assert all(np.any(np.asarray(ref_grads[k])) for k in params if k.endswith("embedding") and "wte" in k)
-
-
-@pytest.mark.parametrize("family", ["rwkv", "gpt", "published"])
-def test_bfloat16_compute_path_tracks_float32(family):
-    """dtype=bfloat16 is what a GPU run uses ("auto"): parameters and gradients stay float32.
-    (Not the hybrid: bf16 rounding flips some of its top-k expert choices, a discrete change.)"""
-    import jax.numpy as jnp
-    from tests.conftest import rel_err
-    batch = jnp.asarray(np.random.default_rng(1).integers(0, 97, (4, 41)), jnp.int32)
-    _, _, _, ce32, g32 = loss_and_grads(tiny_model_config(family), batch)
-    _, params, _, ce16, g16 = loss_and_grads(tiny_model_config(family, "bfloat16"), batch)
-    assert all(p.dtype == jnp.float32 for p in params.values()) and all(g.dtype == jnp.float32 for g in g16.values())
-    assert abs(float(ce16) - float(ce32)) <= 1e-3 * float(ce32)
-    flat = lambda g: np.concatenate([np.ravel(np.asarray(g[k])) for k in sorted(g)])
-    assert rel_err(flat(g16), flat(g32)) <= 2e-2
 
 
 # --- parallelism ------------------------------------------------------------------------------
@@ -221,7 +145,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
 
 
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
-    from microrwkv_jax.train_lib import latest_run_checkpoint
+    from microrwkv_jax.checkpoints import latest_run_checkpoint
     out = tmp_path / "run"
     train_cli(out, "--config.model.family=rwkv")
     ckpts = out / "checkpoints"
@@ -306,14 +230,14 @@ def test_plot_draws_loss_curves_png(tmp_path):
 
 def test_fine_tune_from_a_converted_published_checkpoint(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is the test extra: pip install -e '.[test]'")
-    from microrwkv_jax.convert import main as convert_main
-    from tests.torch_reference import PublishedTorchModel, save_published_checkpoint
+    from microrwkv_jax.convert import convert_to_model_dir
+    from torch_reference.published import PublishedTorchModel, save_published_checkpoint
     args = dict(block_size=384, vocab_size=320, n_layer=2, n_head=2, n_embd=32, num_experts=4, num_active_experts=4,
                 expert_dim=32, dim=32, dropout=0.0, bias=False)
     torch.manual_seed(0)
     pth = tmp_path / "ckpt-500.pth"
     save_published_checkpoint(pth, PublishedTorchModel(args), args)
-    assert convert_main([str(pth), "--tokenizer", "byte"]) == 0
+    convert_to_model_dir(pth, tokenizer="byte")
     out = tmp_path / "finetune"
     done = train_cli(out, f"--config.init_from={tmp_path / 'ckpt-500'}", config="configs/microrwkv_ref.py")
     assert "model: published" in done.stderr
@@ -328,18 +252,3 @@ def test_fine_tune_from_a_converted_published_checkpoint(tmp_path):
     done = train_cli(tmp_path / "eval", f"--config.init_from={tmp_path / 'ckpt-500'}", "--config.eval_only=True",
                      config="configs/microrwkv_ref.py")
     assert any(l.startswith("eval: val_loss ") for l in done.stderr.splitlines())
-
-
-def test_checkpoint_manager_keeps_the_last_k_and_the_best(tmp_path):
-    import ml_collections
-    import orbax.checkpoint as ocp
-    from microrwkv_jax.train_lib import checkpoint_manager
-    manager = checkpoint_manager(tmp_path, ml_collections.ConfigDict({"keep_checkpoints": 2}))
-    for step, val in zip(range(1, 7), [5.0, 1.0, 4.0, 3.0, 6.0, 7.0]):
-        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave({"w": np.full(3, step, np.float32)}),
-                                                   opt_state=ocp.args.StandardSave({"m": np.zeros(1)}),
-                                                   meta=ocp.args.JsonSave({"step": step})),
-                     metrics={"val_loss": val})
-        manager.wait_until_finished()
-    manager.close()
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 5, 6]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from microrwkv_jax.layers.output_head import tied_cross_entropy, tied_logits
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 
 VOCAB, PADDED, WIDTH = 13, 16, 8
 

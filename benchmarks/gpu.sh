@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The GPU half of BENCHMARKS.md, and the GPU-only code paths' tests, in one run of at most
-# 9.5 minutes (each step has its own time limit; they add up to 580 s), for a lent GPU machine:
+# The GPU half of BENCHMARKS.md, and the tests of the code paths only a GPU takes, in one run of
+# at most 9.5 minutes (each step has its own time limit; they add up to 580 s). On a machine
+# with an NVIDIA GPU and JAX with CUDA installed (pip install -e '.[test]' "jax[cuda12]"):
 #
-#   device tool: run(command="bash bench_gpu.sh", carry=[".whl"], timeout_s=600)
+#   bash benchmarks/gpu.sh                      # results in ./bench_gpu_out (or $OUT)
 #
-# where .whl/ holds an ml_collections wheel, which that machine's image lacks (.whl/ is git-ignored):
+# Results: one JSON object per line per subcommand, the decoding figure, pytest's log and the
+# commands' stderr. If the machine cannot install packages, put wheels of what it lacks (e.g.
+# ml_collections) in .whl/ first; they are installed into /tmp/site and put on PYTHONPATH:
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections==1.1.0
 #
-# Results land in $OUT (the device tool's folder) or ./bench_gpu_out:
-# one JSON object per line per subcommand, the decoding figure, and the logs.
-# BENCH_SIZE=tiny PYTHON=.venv/bin/python rehearses the whole script in a few minutes on any machine.
+# BENCH_SIZE=tiny PYTHON=.venv/bin/python bash benchmarks/gpu.sh rehearses the whole script in a
+# few minutes on any machine.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 out="${OUT:-bench_gpu_out}"
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -47,10 +50,9 @@ step() {   # step NAME SECONDS bench.py-ARGS...: one JSON line per measurement i
 
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") > "$out/device.txt" 2>&1
 # The code paths only a GPU takes: bf16 compute, cuDNN attention (with its fallback), the fused loss.
-timeout 90 "$python" -m pytest -q -x tests/test_output_head.py tests/test_wkv.py \
-  "tests/test_train.py::test_bfloat16_compute_path_tracks_float32" \
-  "tests/test_train.py::test_trainer_loss_and_gradients_equal_autodiff_through_the_logits" \
-  "tests/test_model.py::test_bfloat16_compute_tracks_float32" > "$out/pytest.log" 2>&1
+timeout 90 "$python" -m pytest -q -x tests/layers/test_output_head.py tests/layers/test_attention.py \
+  tests/test_wkv.py tests/training/test_steps.py \
+  "tests/families/test_causal.py::test_bfloat16_compute_tracks_float32" > "$out/pytest.log" 2>&1
 echo "pytest: exit $?" | tee -a "$out/stderr.log"
 for family in hybrid rwkv gpt; do
   step train 85 train "${train[@]}" --config.model.family="$family"

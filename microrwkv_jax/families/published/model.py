@@ -1,7 +1,7 @@
 """The published MicroRWKV architecture (the `ckpt-500` PyTorch checkpoints), bit-faithful.
 
-This is `../shared/spec/reference-model.md` as code, faults included, so that the published
-weights give the same logits here as in PyTorch. It is NOT causal and NOT batch-independent:
+This is the published PyTorch model as code, faults included, so that the published weights
+give the same logits here as in PyTorch. It is NOT causal and NOT batch-independent:
 
   * its "sliding window attention" reshapes the sequence into W rows of T/W tokens each and
     attends across rows without a mask, so position t sees tokens after t;
@@ -23,13 +23,27 @@ import jax.numpy as jnp
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.layers.linears import STD, linear
+from microrwkv_jax.layers.linears import STD, linear, linear_map_param
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 
 SWA_WINDOW = 256   # fixed in the published code
-GQA_GROUPS = 4
+GQA_GROUPS = 4     # its "GQA" splits the projection into q, k, v and a multiplier
+
+
+def expert_width(expert_dim: int) -> int:
+    """The published experts' width: int(expert_dim * 1.2), as its code computes it."""
+    return int(expert_dim * 1.2)
+
+
+def check_config(config: ModelConfig) -> None:
+    """What the published code needs of its sizes."""
+    if config.n_embd % (4 * config.n_head):
+        config.fail("n_embd", f"the published GQA needs n_embd divisible by 4 * n_head = {4 * config.n_head}")
+    if config.n_layer < 2 or config.n_head < 2:
+        config.fail("n_layer" if config.n_layer < 2 else "n_head",
+                    "the published initialisation divides by n_layer - 1 and n_head - 1; use >= 2")
 
 
 def published_rms(x):
@@ -87,11 +101,10 @@ class PublishedMoE(nnx.Module):
 
     def __init__(self, dim: int, num_experts: int, num_active_experts: int, expert_dim: int,
                  *, rngs: nnx.Rngs, dtype=jnp.float32):
-        x_dim = int(expert_dim * 1.2)
+        x_dim = expert_width(expert_dim)
         self.num_active_experts, self.dtype = num_active_experts, dtype
         self.gate = linear(dim, num_experts, rngs=rngs, bias=True, dtype=dtype)
-        normal = nnx.initializers.normal(STD)
-        self.experts_kernel = nnx.Param(normal(rngs.params(), (num_active_experts, dim, x_dim), jnp.float32))
+        self.experts_kernel = linear_map_param(rngs, STD, (num_active_experts, dim, x_dim))
         self.experts_bias = nnx.Param(jnp.zeros((num_active_experts, x_dim), jnp.float32))
         self.fc = linear(x_dim, dim, rngs=rngs, bias=True, dtype=dtype)
 
@@ -128,6 +141,7 @@ class PublishedModel(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         if config.arch != "published":
             raise ValueError(f"arch={config.arch!r}: PublishedModel needs arch='published'")
+        check_config(config)
         self.config = config
         normal = nnx.initializers.normal(STD)
         self.wte = nnx.Embed(config.padded_vocab_size, config.n_embd, embedding_init=normal, rngs=rngs)

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow      # every test here runs bench.py in a subprocess
 
 
 def bench(*args):

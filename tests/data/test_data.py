@@ -145,14 +145,34 @@ def test_unknown_tokenizer():
         get_tokenizer("bpe")
 
 
-def test_tfds_array_record_source_without_tensorflow(tmp_path):
-    import sys
+def tfds_fixture(tmp_path, val_split="validation"):
     pytest.importorskip("importlib_resources", reason="building a TFDS dataset needs the test extra")
     from tests.tfds_fixture.tiny_stories_text.tiny_stories_text_dataset_builder import Builder
     builder = Builder(data_dir=str(tmp_path / "tfds"), file_format="array_record")
     builder.download_and_prepare()
     cfg = ml_collections.ConfigDict(dict(val_fraction=0.1, text_field="text", cache_dir=str(tmp_path / "cache"),
-                                         tfds_data_dir=str(tmp_path / "tfds"), tfds_val_split="validation"))
+                                         tfds_data_dir=str(tmp_path / "tfds"), tfds_val_split=val_split))
+    return builder, cfg
+
+
+def test_tfds_without_the_validation_split_holds_out_part_of_train(tmp_path):
+    builder, cfg = tfds_fixture(tmp_path, val_split="dev")
+    data = pipeline.prepare_data(f"tfds:{builder.name}", cfg, ByteTokenizer(), progress=False)
+    assert data.info["train_documents"] == 36 and data.info["val_documents"] == 4
+
+
+def test_tfds_validation_split_that_fails_to_read_is_an_error_not_a_missing_split(tmp_path):
+    builder, cfg = tfds_fixture(tmp_path)
+    (shard,) = (tmp_path / "tfds").rglob("*validation.array_record*")
+    shard.write_bytes(shard.read_bytes()[:40])          # corrupt: the split exists but cannot be read
+    with pytest.raises(RuntimeError, match="ArrayRecord"):     # array_record's own error, not a silent hold-out
+        pipeline.prepare_data(f"tfds:{builder.name}", cfg, ByteTokenizer(), progress=False)
+    assert not list(tmp_path.rglob("info.json"))
+
+
+def test_tfds_array_record_source_without_tensorflow(tmp_path):
+    import sys
+    builder, cfg = tfds_fixture(tmp_path)
     data = pipeline.prepare_data(f"tfds:{builder.name}", cfg, ByteTokenizer(), progress=False)
     assert data.info["train_documents"] == 40 and data.info["val_documents"] == 6
     texts, _ = stories.generate_stories(40, 0)

@@ -24,26 +24,20 @@ from microrwkv_jax.layers.normalization import RMSNorm, layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 
-
-def _sublayer(name: str, config: ModelConfig, layer_id: int, rngs: nnx.Rngs):
-    c, dtype = config, jnp.dtype(config.dtype)
-    if name == "time_mix":
-        return TimeMix(c.n_embd, c.n_head, layer_id, c.n_layer, rngs=rngs, bias=c.bias,
-                       chunk_size=c.chunk_size, dtype=dtype)
-    if name == "channel_mix":
-        return ChannelMix(c.n_embd, layer_id, c.n_layer, rngs=rngs, bias=c.bias, dtype=dtype)
-    if name == "swa":
-        return CausalSelfAttention(c.n_embd, c.n_head, c.n_head, c.swa_window, c.n_layer, rngs=rngs,
-                                   rope_base=c.rope_base, dtype=dtype)
-    if name == "gqa":
-        return CausalSelfAttention(c.n_embd, c.n_head, c.n_kv_head, c.gqa_window, c.n_layer, rngs=rngs,
-                                   rope_base=c.rope_base, dtype=dtype)
-    if name == "moe":
-        return TinyMoE(c.n_embd, c.num_experts, c.num_active_experts, c.expert_dim, c.n_layer,
-                       rngs=rngs, dtype=dtype)
-    if name == "mlp":
-        return MLP(c.n_embd, c.mlp_ratio, c.n_layer, rngs=rngs, dtype=dtype)
-    raise ValueError(f"layers: unknown sub-layer {name!r}")
+# Sub-layer name -> constructor (config, layer index, rngs, compute dtype). Every sub-layer has
+# `__call__(x, *, start, state) -> (y, new_state, aux)` and `init_state(batch, max_len)`.
+SUBLAYERS = {
+    "time_mix": lambda c, i, rngs, dtype: TimeMix(c.n_embd, c.n_head, i, c.n_layer, rngs=rngs, bias=c.bias,
+                                                  chunk_size=c.chunk_size, dtype=dtype),
+    "channel_mix": lambda c, i, rngs, dtype: ChannelMix(c.n_embd, i, c.n_layer, rngs=rngs, bias=c.bias, dtype=dtype),
+    "swa": lambda c, i, rngs, dtype: CausalSelfAttention(c.n_embd, c.n_head, c.n_head, c.swa_window, c.n_layer,
+                                                         rngs=rngs, rope_base=c.rope_base, dtype=dtype),
+    "gqa": lambda c, i, rngs, dtype: CausalSelfAttention(c.n_embd, c.n_head, c.n_kv_head, c.gqa_window, c.n_layer,
+                                                         rngs=rngs, rope_base=c.rope_base, dtype=dtype),
+    "moe": lambda c, i, rngs, dtype: TinyMoE(c.n_embd, c.num_experts, c.num_active_experts, c.expert_dim,
+                                             c.n_layer, rngs=rngs, dtype=dtype),
+    "mlp": lambda c, i, rngs, dtype: MLP(c.n_embd, c.mlp_ratio, c.n_layer, rngs=rngs, dtype=dtype),
+}
 
 
 class Block(nnx.Module):
@@ -53,34 +47,21 @@ class Block(nnx.Module):
         self.names = config.layers
         for name in self.names:
             setattr(self, f"norm_{name}", RMSNorm(config.n_embd))
-            setattr(self, name, _sublayer(name, config, layer_id, rngs))
+            setattr(self, name, SUBLAYERS[name](config, layer_id, rngs, jnp.dtype(config.dtype)))
 
-    def init_state(self, batch: int, max_len: int, n_embd: int):
-        state = {}
-        for name in self.names:
-            layer = getattr(self, name)
-            if isinstance(layer, CausalSelfAttention):
-                state[name] = layer.init_state(batch, max_len)
-            elif isinstance(layer, (TimeMix, ChannelMix)):
-                state[name] = layer.init_state(batch, n_embd)
-        return state
+    def init_state(self, batch: int, max_len: int) -> dict:
+        return {name: getattr(self, name).init_state(batch, max_len) for name in self.names}
 
-    def __call__(self, x, start=0, state=None):
-        """x: [B, T, C]. Returns (x, new state or None, MoE aux loss or None, expert fraction or None)."""
-        new_state, aux_loss, fraction = {}, None, None
+    def __call__(self, x, *, start=0, state=None):
+        """x: [B, T, C]. Returns (x, new state or None, aux: the sub-layers' aux dicts merged)."""
+        new_state, aux = {}, {}
         for name in self.names:
-            layer, h = getattr(self, name), getattr(self, f"norm_{name}")(x)
-            layer_state = None if state is None else state.get(name)
-            if isinstance(layer, (TimeMix, ChannelMix)):
-                h, new_state[name] = layer(h, layer_state)
-            elif isinstance(layer, CausalSelfAttention):
-                h, new_state[name] = layer(h, start, layer_state)
-            elif isinstance(layer, TinyMoE):
-                h, aux_loss, fraction = layer(h)
-            else:
-                h = layer(h)
+            sublayer, norm = getattr(self, name), getattr(self, f"norm_{name}")
+            h, new_state[name], sublayer_aux = sublayer(norm(x), start=start,
+                                                        state=None if state is None else state[name])
+            aux.update(sublayer_aux)
             x = x + h
-        return x, (None if state is None else new_state), aux_loss, fraction
+        return x, (None if state is None else new_state), aux
 
 
 class LanguageModel(nnx.Module):
@@ -88,8 +69,8 @@ class LanguageModel(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         if config.arch != "causal":
-            raise ValueError(f"arch={config.arch!r}: LanguageModel is the causal model; "
-                             "use microrwkv_jax.published.PublishedModel")
+            raise ValueError(f"arch={config.arch!r}: LanguageModel is the causal model; build other families "
+                             "with microrwkv_jax.build_model")
         self.config = config
         self.wte = nnx.Embed(config.padded_vocab_size, config.n_embd,
                              embedding_init=nnx.initializers.normal(STD), rngs=rngs)
@@ -99,7 +80,7 @@ class LanguageModel(nnx.Module):
     def init_state(self, batch: int, max_len: int):
         """A decoding state for `batch` sequences of up to `max_len` tokens (bounds global attention's cache)."""
         return {"pos": jnp.zeros((), jnp.int32),
-                "blocks": [blk.init_state(batch, max_len, self.config.n_embd) for blk in self.blocks]}
+                "blocks": [block.init_state(batch, max_len) for block in self.blocks]}
 
     def forward(self, tokens, state=None):
         """tokens: int [B, T]; state: from `init_state` (or a previous `forward`), or None.
@@ -112,16 +93,15 @@ class LanguageModel(nnx.Module):
 
     def features(self, tokens, state=None):
         """`forward` without the output head: (final hidden states [B, T, C], new state, aux)."""
-        dtype = jnp.dtype(self.config.dtype)
-        x = self.wte.embedding[...][tokens].astype(dtype)
+        x = self.wte.embedding[...][tokens].astype(jnp.dtype(self.config.dtype))
         start = 0 if state is None else state["pos"]
         new_blocks, aux_losses, fractions = [], [], []
         for i, block in enumerate(self.blocks):
-            x, block_state, aux_loss, fraction = block(x, start, None if state is None else state["blocks"][i])
+            x, block_state, block_aux = block(x, start=start, state=None if state is None else state["blocks"][i])
             new_blocks.append(block_state)
-            if aux_loss is not None:
-                aux_losses.append(aux_loss)
-                fractions.append(fraction)
+            if "moe_aux_loss" in block_aux:
+                aux_losses.append(block_aux["moe_aux_loss"])
+                fractions.append(block_aux["expert_fraction"])
         aux = {"moe_aux_loss": jnp.mean(jnp.stack(aux_losses)) if aux_losses else jnp.zeros((), jnp.float32),
                "expert_fraction": jnp.stack(fractions) if fractions else None}
         new_state = None if state is None else {"pos": state["pos"] + tokens.shape[1], "blocks": new_blocks}

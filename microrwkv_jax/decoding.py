@@ -1,0 +1,138 @@
+"""Recurrent decoding, for every family whose model runs as a recurrence.
+
+The prompt is prefilled in parallel (chunked WKV, attention over the prompt) into a decoding
+state, then a compiled `lax.scan` samples and feeds back `block` tokens per device call.
+Per-token work happens on the device; the host only streams each finished block. The prompt
+is fed in pieces of PREFILL_PIECE tokens and powers of two, so a new prompt length does not
+recompile. A model only needs `init_state(batch, max_len)`, `forward(tokens, state)`,
+`features(tokens, state)`, `wte` (the tied embedding) and `config.vocab_size`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from microrwkv_jax.layers.output_head import tied_logits
+
+PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
+MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
+
+
+def sample_logits(logits, keys, temperature: float, top_k: Optional[int], top_p: Optional[float]):
+    """Draw one token per row. logits [B, V] float32, keys [B] -> int32 [B]. temperature 0 is greedy."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep the smallest prefix whose probability reaches top_p (always at least one token).
+        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def row_keys(seed: int, batch: int, position):
+    """Row i draws token at `position` with key(seed + i) folded with the position, so a batch of
+    samples equals the same samples drawn one at a time with seeds seed, seed + 1, ..."""
+    base = jax.vmap(jax.random.key)(seed + jnp.arange(batch))
+    return jax.vmap(lambda k: jax.random.fold_in(k, position))(base)
+
+
+def cache_capacity(total_len: int) -> int:
+    """Slots for global-attention caches: a power of two >= total_len (bounded recompiles)."""
+    return max(MIN_CAPACITY, 1 << (int(total_len) - 1).bit_length())
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prefill_piece(graphdef, params, state, tokens):
+    """Feed tokens [B, T] into the state; returns (the last position's logits [B, V], state).
+    Only the last position's logits are needed, so the head (the widest product) runs on it alone."""
+    model = nnx.merge(graphdef, params)
+    x, state, _ = model.features(tokens, state)
+    return tied_logits(x[:, -1:], model.wte.embedding[...], model.config.vocab_size)[:, 0], state
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+def decode_block(graphdef, params, state, last_logits, done, block, temperature, top_k, top_p, seed,
+                 stop_token):
+    """Sample `block` tokens, feeding each back. Returns (tokens [B, block], state, logits, done)."""
+    model = nnx.merge(graphdef, params)
+    batch = last_logits.shape[0]
+
+    def step(carry, _):
+        state, logits, done = carry
+        token = sample_logits(logits, row_keys(seed, batch, state["pos"]), temperature, top_k, top_p)
+        token = jnp.where(done, stop_token, token)
+        done = done | (token == stop_token)
+        logits, state, _ = model.forward(token[:, None], state)
+        return (state, logits[:, 0], done), token
+
+    (state, last_logits, done), tokens = jax.lax.scan(step, (state, last_logits, done), None, length=block)
+    return tokens.T, state, last_logits, done
+
+
+def prefill_pieces(length: int) -> list:
+    """Split a prompt into pieces of PREFILL_PIECE tokens, then powers of two: 77 -> [64, 8, 4, 1].
+    Each piece runs in parallel (chunked WKV, attention over the piece), and only
+    log2(PREFILL_PIECE) + 1 piece shapes ever compile, whatever the prompt length."""
+    pieces = [PREFILL_PIECE] * (length // PREFILL_PIECE)
+    rest = length % PREFILL_PIECE
+    pieces += [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
+    return pieces
+
+
+def prefill_graph(graphdef, params, state, prompt):
+    """Run the prompt [B, T] through the model; returns (last position's logits, state)."""
+    start = 0
+    for size in prefill_pieces(prompt.shape[1]):
+        last, state = prefill_piece(graphdef, params, state, jnp.asarray(prompt[:, start:start + size]))
+        start += size
+    return last, state
+
+
+def prefill(model, prompt, max_len: int):
+    """Returns (the logits [B, V] for the next token, the decoding state after `prompt` [B, T])."""
+    graphdef, params = nnx.split(model)
+    prompt = np.asarray(prompt, np.int32)
+    state = model.init_state(prompt.shape[0], cache_capacity(max_len))
+    return prefill_graph(graphdef, params, state, prompt)
+
+
+def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, top_k: Optional[int],
+                       top_p: Optional[float], seed: int, stop_token: Optional[int],
+                       on_tokens: Optional[Callable[[np.ndarray], None]], block: int) -> np.ndarray:
+    """`microrwkv_jax.sampling.generate` for a model with a recurrent form (`init_state`, and
+    `forward(tokens, state)`): prefill the prompt in parallel, then decode `block` tokens per
+    device call. Arguments and result as `generate`'s (already checked)."""
+    graphdef, params = nnx.split(model)
+    b, t = prompt.shape
+    state = model.init_state(b, cache_capacity(t + max_new_tokens + block))
+    logits, state = prefill_graph(graphdef, params, state, prompt)
+    done = jnp.zeros((b,), bool)
+    stop = -1 if stop_token is None else int(stop_token)
+    out = []
+    produced = 0
+    while produced < max_new_tokens:
+        # The first token comes alone, so that it streams as soon as it exists; then whole blocks.
+        size = 1 if produced == 0 else block
+        tokens, state, logits, done = decode_block(graphdef, params, state, logits, done, size, float(temperature),
+                                                   top_k, top_p, seed, stop)
+        tokens = np.asarray(tokens)[:, : max_new_tokens - produced]
+        produced += tokens.shape[1]
+        out.append(tokens)
+        if on_tokens is not None:
+            on_tokens(tokens)
+        if stop_token is not None and bool(np.all(np.asarray(done))):
+            break
+    return np.concatenate(out, axis=1)

@@ -1,0 +1,53 @@
+"""What a model family declares, in one place, for the rest of the library.
+
+The registry (`microrwkv_jax.families`) maps each `ModelConfig.arch` to one `Family`. The
+trainer, the sampler, checkpoint loading, conversion and the benchmarks ask it, never the
+family's modules directly, so a new family is one subpackage plus one line in the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Optional
+
+from microrwkv_jax.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchCheckpointFormat:
+    """How a family's PyTorch `.pth` checkpoints map onto its parameters (names, shapes, config)."""
+
+    recognizes: Callable[[dict], bool]                      # does this checkpoint dict hold one of ours?
+    read: Callable[[dict], tuple]                           # checkpoint dict -> (ModelConfig, flat params)
+    parameter_map: Callable[[ModelConfig], list]            # [(torch name, torch shape, our name, transform)]
+    default_tokenizer: str = "gpt2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family.
+
+    arch:           the `ModelConfig.arch` value that selects it
+    presets:        named configs users train: {preset name: ModelConfig field overrides}
+    model_class:    the nnx.Module; `model_class(config, rngs=...)`, with `forward(tokens, state)`
+                    -> (logits, state, aux), `features(tokens, state)` -> (hidden, state, aux),
+                    and the tied embedding at `model.wte`
+    check_config:   raises ValueError("field=value: why") on a config the family cannot build
+    forward_flops_per_token: (config, seq_len) -> model FLOPs of one token's forward pass
+    recurrent:      True: decodes with a constant-size state (`model.init_state`, then
+                    `forward(tokens, state)`); False: reruns its window for every token
+    generate:       (model, prompt [B, T], max_new_tokens, temperature, top_k, top_p, seed,
+                    stop_token, on_tokens, block) -> new tokens [B, <= max_new_tokens]
+    describe:       (config) -> a short phrase for logs, e.g. "causal ['time_mix', ...]"
+    torch_checkpoint: how its PyTorch checkpoints convert, or None
+    """
+
+    arch: str
+    presets: Mapping[str, Mapping]
+    model_class: type
+    check_config: Callable[[ModelConfig], None]
+    forward_flops_per_token: Callable[[ModelConfig, int], float]
+    recurrent: bool
+    generate: Callable
+    describe: Callable[[ModelConfig], str]
+    torch_checkpoint: Optional[TorchCheckpointFormat] = None

@@ -1,0 +1,25 @@
+"""The published MicroRWKV architecture, bit-faithful to its PyTorch checkpoints and not causal.
+
+Quarantined here: its model (`model.py`), its PyTorch state-dict names (`torch_names.py`), its
+re-forward sampler (`sampling.py`) and its FLOP count (`flops.py`). The "published" preset
+mixes the first num_active_experts experts, as its code does (no top-k).
+"""
+
+from microrwkv_jax.families.family import Family, TorchCheckpointFormat
+from microrwkv_jax.families.published import torch_names
+from microrwkv_jax.families.published.flops import forward_flops_per_token
+from microrwkv_jax.families.published.model import PublishedModel, check_config
+from microrwkv_jax.families.published.sampling import generate_by_reforward
+
+FAMILY = Family(
+    arch="published",
+    presets={"published": {}},
+    model_class=PublishedModel,
+    check_config=check_config,
+    forward_flops_per_token=forward_flops_per_token,
+    recurrent=False,
+    generate=generate_by_reforward,
+    describe=lambda config: "published MicroRWKV (not causal)",
+    torch_checkpoint=TorchCheckpointFormat(recognizes=torch_names.recognizes, read=torch_names.read_checkpoint,
+                                           parameter_map=torch_names.published_parameter_map),
+)

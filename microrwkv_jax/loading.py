@@ -1,0 +1,51 @@
+"""Load a model from any checkpoint this project reads: a model directory, a training run
+directory (its newest checkpoint) or a PyTorch `.pth` file of a family that converts them."""
+
+from __future__ import annotations
+
+import pathlib
+
+from microrwkv_jax.checkpoints import is_model_dir, model_from_flat_params, restore_model_dir_params, restore_run_params
+from microrwkv_jax.convert import read_torch_file
+from microrwkv_jax.data.tokenizers import get_tokenizer
+from microrwkv_jax.families import config_from_dict
+
+
+def load_params(path):
+    """(flat params, ModelConfig, tokenizer name) of a `.pth` file, a model dir or a run dir."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        config, flat, _, family = read_torch_file(path)
+        return flat, config, family.torch_checkpoint.default_tokenizer
+    if is_model_dir(path):
+        flat, config, meta = restore_model_dir_params(path)
+        return flat, config, meta.get("tokenizer", "gpt2")
+    if path.is_dir():                     # a training run directory: its newest checkpoint
+        flat, meta = restore_run_params(path)
+        return flat, config_from_dict(meta["model"]), meta.get("tokenizer", "gpt2")
+    raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+
+
+def load_model(path, dtype: str | None = None):
+    """Load a model from a converted checkpoint directory, a training run directory, or a
+    PyTorch `.pth` file. Returns (model, config); `dtype` overrides the compute dtype."""
+    model, config, _ = load_model_and_tokenizer_name(path, dtype)
+    return model, config
+
+
+def load_model_and_tokenizer_name(path, dtype: str | None = None):
+    """(model, config, the name of the tokenizer it was trained with) of any checkpoint."""
+    flat, config, tokenizer_name = load_params(path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    return model_from_flat_params(config, flat), config, tokenizer_name
+
+
+def load_model_and_tokenizer(path, dtype: str | None = None):
+    """(model, config, tokenizer) of any checkpoint `load_model` reads."""
+    model, config, tokenizer_name = load_model_and_tokenizer_name(path, dtype)
+    tokenizer = get_tokenizer(tokenizer_name)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: the model's vocabulary ({config.vocab_size}) is smaller than its "
+                         f"{tokenizer.name} tokenizer's ({tokenizer.vocab_size})")
+    return model, config, tokenizer

@@ -1,0 +1,145 @@
+"""A training run: its data, model, sharded steps and optimizer state, evaluation against the
+corpus's entropy floor, and its checkpoints (save, exact resume, metadata)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from microrwkv_jax.checkpoints import ParamCodec
+from microrwkv_jax.data import pipeline
+from microrwkv_jax.data.tokenizers import get_tokenizer
+from microrwkv_jax.families import build_model, model_config_from, train_flops_per_token
+from microrwkv_jax.flops import device_peak_flops
+from microrwkv_jax.loading import load_params
+from microrwkv_jax.training.distributed import process_rows
+from microrwkv_jax.training.steps import ShardedSteps
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message is one line."""
+
+
+class Run:
+    """Everything a training or evaluation run needs, built from a validated config."""
+
+    def __init__(self, cfg, progress: bool = True):
+        self.cfg, self.progress = cfg, progress and jax.process_index() == 0
+        self.out_dir = pathlib.Path(cfg.out_dir)
+        self.tokenizer = get_tokenizer(cfg.tokenizer)
+        init_params = None
+        configured = model_config_from(cfg.model, self.tokenizer.vocab_size, jax.default_backend())
+        if cfg.init_from != "scratch":
+            init_params, init_config, init_tokenizer = load_params(cfg.init_from)
+            if init_tokenizer != cfg.tokenizer:
+                raise TrainingError(f"init_from={cfg.init_from!r} was trained with tokenizer {init_tokenizer!r}, "
+                                    f"not {cfg.tokenizer!r}")
+            self.model_config = init_config.replace(dtype=configured.dtype)
+        else:
+            self.model_config = configured
+        if self.model_config.vocab_size < self.tokenizer.vocab_size:
+            raise TrainingError(f"model vocab_size={self.model_config.vocab_size} does not fit the "
+                                f"{cfg.tokenizer!r} tokenizer's {self.tokenizer.vocab_size} tokens")
+        self.data = pipeline.prepare_data(cfg.dataset, cfg.data, self.tokenizer, progress=self.progress)
+        block = self.model_config.block_size
+        if self.data.train.size < block + 2:
+            raise TrainingError(f"dataset {cfg.dataset!r}: {self.data.train.size} training tokens, fewer than "
+                                f"block_size + 2 = {block + 2}")
+        self.val_inputs, self.val_targets, used, window_of_doc = pipeline.val_windows(
+            self.data, block, self.tokenizer.eot_id)
+        if cfg.eval_batches:     # score a fixed prefix of the held-out windows
+            keep = cfg.eval_batches * cfg.batch_size
+            self.val_inputs, self.val_targets = self.val_inputs[:keep], self.val_targets[:keep]
+            used = used[window_of_doc < keep]
+        scored = int(np.sum(self.val_targets >= 0))
+        self.floor = pipeline.floor_for_documents(self.data.info, used, scored)
+
+        # Model, parameters, optimizer; everything replicated over a 1-D data-parallel mesh.
+        model = build_model(self.model_config, seed=cfg.seed)
+        self.codec = ParamCodec(model)
+        if init_params is not None:
+            self.codec.check(init_params)
+            model = self.codec.model({k: jnp.asarray(v, jnp.float32) for k, v in init_params.items()})
+        if cfg.batch_size % jax.device_count():
+            raise TrainingError(f"batch_size={cfg.batch_size} is not divisible by the {jax.device_count()} devices")
+        if (cfg.batch_size // cfg.grad_accum_steps) % jax.device_count():
+            raise TrainingError(f"batch_size / grad_accum_steps = {cfg.batch_size // cfg.grad_accum_steps} is not "
+                                f"divisible by the {jax.device_count()} devices")
+        self.steps = ShardedSteps(self.codec, cfg)
+        self.params, self.opt_state = self.steps.init(self.codec.flat(model))
+        self.step = 0
+        self.flops_per_token = train_flops_per_token(self.model_config, block)
+        self.peak = cfg.get("peak_flops") or device_peak_flops()
+
+    # -- batches --------------------------------------------------------------------------------
+    def global_batch(self, step: int):
+        """The global batch of `step` as a sharded array; each process supplies only its rows."""
+        cfg = self.cfg
+        local = pipeline.train_batch(self.data.train, cfg.seed, step, cfg.batch_size, self.model_config.block_size,
+                                     process_rows(cfg.batch_size))
+        return jax.make_array_from_process_local_data(self.steps.batch_sharding, local,
+                                                      (cfg.batch_size, self.model_config.block_size + 1))
+
+    def evaluate(self) -> float:
+        total, count = 0.0, 0
+        b = self.cfg.batch_size
+        n = self.val_inputs.shape[0]
+        for i in range(0, n, b):
+            x, y = self.val_inputs[i:i + b], self.val_targets[i:i + b]
+            if x.shape[0] < b:   # pad to the static batch with unscored rows
+                x = np.concatenate([x, np.full((b - x.shape[0], x.shape[1]), self.tokenizer.eot_id, np.int32)])
+                y = np.concatenate([y, np.full((b - y.shape[0], y.shape[1]), -1, np.int32)])
+            mine = process_rows(b)
+            xs = jax.make_array_from_process_local_data(self.steps.batch_sharding, x[mine], x.shape)
+            ys = jax.make_array_from_process_local_data(self.steps.batch_sharding, y[mine], y.shape)
+            loss_sum, n_tok = self.steps.eval_step(self.params, xs, ys)
+            total += float(loss_sum)
+            count += int(n_tok)
+        return total / max(count, 1)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {"model": self.model_config.to_dict(), "tokenizer": self.cfg.tokenizer, "step": self.step,
+                "data_position": {"seed": self.cfg.seed, "next_step": self.step},
+                "config": json.loads(self.cfg.to_json_best_effort()) if hasattr(self.cfg, "to_json_best_effort") else {}}
+
+    def save(self, manager, metrics: Optional[dict] = None) -> None:
+        manager.save(self.step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(self.params), opt_state=ocp.args.StandardSave(self.opt_state),
+            meta=ocp.args.JsonSave(self.meta())), metrics=metrics)
+
+    def restore(self, manager, step: int) -> None:
+        abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.steps.replicated), tree)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract(self.params)),
+            opt_state=ocp.args.StandardRestore(abstract(self.opt_state)),
+            meta=ocp.args.JsonRestore()))
+        if restored.meta["model"] != self.model_config.to_dict():
+            raise TrainingError(f"{self.out_dir}: its checkpoint is of another model config; "
+                                "use another out_dir or the same config")
+        self.params, self.opt_state = restored.params, restored.opt_state
+        self.step = int(restored.meta["step"])
+
+
+def check_writable(out: pathlib.Path) -> None:
+    """Fail unless out_dir exists as a writable directory or can be created."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainingError(f"out_dir={str(out)!r} is not writable ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"out_dir={str(out)!r} is not writable (permission denied on {existing})")
+
+
+def log_line(path: pathlib.Path, record: dict) -> None:
+    if jax.process_index() == 0:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,109 @@
+"""Pure step functions (loss, train step, eval step) and their jit-compiled, sharded form.
+
+Data parallelism: parameters and optimizer state are replicated, the global batch is sharded
+along the mesh axis "data", and XLA inserts the gradient all-reduce (jit + sharding, JAX's
+replacement for pmap). `ShardedSteps` is what the trainer and `bench.py train` both run.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from microrwkv_jax.checkpoints import ParamCodec
+from microrwkv_jax.layers.output_head import tied_cross_entropy
+from microrwkv_jax.training.optimizer import make_optimizer
+
+
+def loss_chunk_len(local_rows: int, seq_len: int, vocab_size: int, budget: Optional[int] = None) -> int:
+    """Positions per chunk of the fused head loss: about `budget` logits alive at a time (default
+    2^23, 32 MB of float32, on CPU where staying near the caches pays; 2^28 on GPUs), with the
+    sequence cut into equal chunks so that padding the last one wastes less than one position
+    per chunk (1024 positions in chunks of at most 333 -> 4 chunks of 256, not 4 of 333)."""
+    if budget is None:
+        budget = 2 ** 23 if jax.default_backend() == "cpu" else 2 ** 28
+    longest = max(1, budget // (local_rows * vocab_size))
+    num_chunks = -(-seq_len // longest)
+    return -(-seq_len // num_chunks)
+
+
+def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,
+                 loss_chunk_elements: Optional[int] = None):
+    """(params, batch [B, T+1]) -> (cross-entropy + aux_weight * MoE aux loss, (cross-entropy, aux loss)).
+
+    The head's cross-entropy is the fused, chunked `tied_cross_entropy`. `data_shards` is the size
+    of the mesh's data axis: the loss keeps one embedding-gradient accumulator per shard, so that
+    XLA sums them across devices once, after its chunk loop, instead of once per chunk."""
+    def loss_fn(params, batch):
+        model = codec.model(params)
+        x, _, aux = model.features(batch[:, :-1])
+        rows, t = batch.shape[0] // data_shards, batch.shape[1] - 1
+        chunk = loss_chunk_len(rows, t, model.config.vocab_size, loss_chunk_elements)
+        ce = tied_cross_entropy(x, model.wte.embedding[...], batch[:, 1:], model.config.vocab_size, chunk, data_shards)
+        return ce + aux_weight * aux["moe_aux_loss"], (ce, aux["moe_aux_loss"])
+    return loss_fn
+
+
+def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float,
+                    data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
+    """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings.
+    The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches."""
+    loss_fn = make_loss_fn(codec, aux_weight, data_shards, loss_chunk_elements)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(params, opt_state, batch):
+        micro = batch.reshape(grad_accum_steps, -1, batch.shape[-1])
+
+        def accumulate(acc, mb):
+            (loss, (ce, aux)), grads = grad_fn(params, mb)
+            return jax.tree.map(jnp.add, acc, (grads, loss, ce, aux)), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, params), 0.0, 0.0, 0.0)
+        (grads, loss, ce, aux), _ = jax.lax.scan(accumulate, zeros, micro)
+        grads, loss, ce, aux = jax.tree.map(lambda g: g / grad_accum_steps, (grads, loss, ce, aux))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "ce": ce, "moe_aux": aux, "grad_norm": optax.global_norm(grads)}
+
+    return step
+
+
+def make_eval_step(codec: ParamCodec):
+    def eval_step(params, inputs, targets):
+        """Sum of token losses and number of scored tokens (padding targets are -1)."""
+        logits, _, _ = codec.model(params).forward(inputs)
+        mask = targets >= 0
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, targets, 0))
+        return jnp.sum(losses * mask), jnp.sum(mask)
+    return eval_step
+
+
+class ShardedSteps:
+    """The train and eval steps of `cfg`, jit-compiled over a 1-D "data" mesh of all devices.
+
+    train_step(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics), donating the
+    first two; eval_step(params, inputs, targets) -> (loss sum, scored tokens)."""
+
+    def __init__(self, codec: ParamCodec, cfg):
+        self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.optimizer = make_optimizer(cfg)
+        step = make_train_step(codec, self.optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight,
+                               data_shards=jax.device_count(), loss_chunk_elements=cfg.get("loss_chunk_elements"))
+        self.train_step = jax.jit(step, in_shardings=(self.replicated, self.replicated, self.batch_sharding),
+                                  out_shardings=(self.replicated, self.replicated, self.replicated),
+                                  donate_argnums=(0, 1))
+        self.eval_step = jax.jit(make_eval_step(codec),
+                                 in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding))
+
+    def init(self, flat_params: dict):
+        """(params, opt_state) on the mesh, from flat parameters."""
+        params = jax.device_put(flat_params, self.replicated)
+        return params, jax.jit(self.optimizer.init, out_shardings=self.replicated)(params)

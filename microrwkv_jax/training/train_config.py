@@ -1,0 +1,53 @@
+"""The training config: which keys a run reads, and the checks it passes before any work.
+
+Configs are `ml_collections` files with `get_config()` (see configs/tiny.py, every key
+commented). `validate_config` fails on the first missing key or impossible value with a
+one-line error naming it, before JAX starts or anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from microrwkv_jax.data.tokenizers import TOKENIZERS, tokenizer_class
+from microrwkv_jax.families import model_config_from
+
+# Every key a run reads unconditionally (`distributed`, `keep_checkpoints`, `loss_chunk_elements`,
+# `max_train_minutes` and `peak_flops` are optional).
+REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
+                 "eval_every", "eval_batches", "log_every", "checkpoint_every", "learning_rate", "min_learning_rate",
+                 "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "moe_aux_weight", "tokenizer",
+                 "dataset", "data", "model")
+REQUIRED_DATA_KEYS = ("num_train_stories", "num_val_stories", "story_seed", "val_fraction", "text_field",
+                      "tfds_data_dir", "tfds_val_split", "cache_dir")
+POSITIVE_KEYS = ("num_train_steps", "batch_size", "eval_every", "grad_accum_steps", "log_every", "checkpoint_every",
+                 "keep_checkpoints", "eval_batches", "loss_chunk_elements")
+
+
+def validate_config(cfg) -> None:
+    """Fail before any work on a missing key or an impossible value, naming the key."""
+    for key in REQUIRED_KEYS:
+        if key not in cfg:
+            raise ValueError(f"config: missing key {key!r}")
+    for key in REQUIRED_DATA_KEYS:
+        if key not in cfg.data:
+            raise ValueError(f"config: missing key 'data.{key}'")
+    for key in POSITIVE_KEYS:
+        if key in cfg and cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise ValueError(f"{key}={cfg[key]!r}: must be a positive integer")
+    if cfg.batch_size % cfg.grad_accum_steps:
+        raise ValueError(f"batch_size={cfg.batch_size}: must be divisible by grad_accum_steps={cfg.grad_accum_steps}")
+    for key in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip"):
+        if cfg[key] < 0 or not math.isfinite(cfg[key]):
+            raise ValueError(f"{key}={cfg[key]!r}: must be a finite number >= 0")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"warmup_steps={cfg.warmup_steps!r}: must be >= 0")
+    if not isinstance(cfg.init_from, str) or not cfg.init_from:
+        raise ValueError(f"init_from={cfg.init_from!r}: 'scratch' or a checkpoint path")
+    if cfg.init_from != "scratch" and not os.path.exists(cfg.init_from):
+        raise ValueError(f"init_from={cfg.init_from!r}: no such checkpoint")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected {' or '.join(map(repr, TOKENIZERS))}")
+    vocab_size = tokenizer_class(cfg.tokenizer).vocab_size
+    model_config_from(cfg.model, vocab_size, backend="cpu")   # model errors surface now, before JAX starts

@@ -1,0 +1,41 @@
+"""What several test modules share: paths, the error measure, small configs, the GPT-2 BPE file."""
+
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The GPT-2 BPE ranks (tiktoken's r50k_base file) cannot be downloaded here: tests that need them
+# read the file this variable names, and skip, saying so, when it is unset or absent.
+GPT2_BPE_VARIABLE = "MICRORWKV_GPT2_BPE"
+
+
+def gpt2_bpe_path():
+    """The GPT-2 BPE file named by $MICRORWKV_GPT2_BPE, or None."""
+    path = os.environ.get(GPT2_BPE_VARIABLE)
+    return pathlib.Path(path) if path and pathlib.Path(path).is_file() else None
+
+
+def rel_err(a, b) -> float:
+    """Relative L2 error of a against the reference b, in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def tiny_config(family="hybrid", **overrides):
+    """A small config of a causal preset ("hybrid", "rwkv", "gpt")."""
+    from microrwkv_jax import model_config
+    base = dict(vocab_size=97, block_size=32, n_layer=2, n_embd=32, n_head=4, swa_window=8,
+                num_experts=4, num_active_experts=2, expert_dim=16, chunk_size=8)
+    base.update(overrides)
+    return model_config(family, **base)
+
+
+def load_script(name: str):
+    """A top-level script of the repository (sample.py, convert_torch_ckpt.py) as a module."""
+    spec = importlib.util.spec_from_file_location(pathlib.Path(name).stem + "_script", REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,1 @@
+"""Independent PyTorch references, used by the tests and the benchmarks (needs the test extra's torch)."""
