@@ -58,3 +58,21 @@ def test_dict_round_trip_and_unknown_keys():
     assert ModelConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match=r"^model config: unknown keys \['n_layers'\]$"):
         ModelConfig.from_dict({"n_layers": 3})
+
+
+@pytest.mark.parametrize("preset, arch, layers", [
+    ("hybrid", "causal", ("time_mix", "channel_mix", "swa", "gqa", "moe")), ("rwkv", "causal", ("time_mix", "channel_mix")),
+    ("gpt", "causal", ("gqa", "mlp")), ("published", "published", ("time_mix", "channel_mix", "swa", "gqa", "moe"))])
+def test_a_training_configs_model_section_becomes_its_presets_config(preset, arch, layers):
+    from configs.tiny import get_config
+    from microrwkv_jax.families import model_config_from
+    model = get_config().model
+    model.family = preset
+    config = model_config_from(model, 257, backend="cpu")
+    assert (config.arch, config.layers, config.vocab_size, config.dtype) == (arch, layers, 257, "float32")
+    assert config.gqa_window is None and config.n_kv_head == 1 and config.n_embd == 128
+    assert model_config_from(model, 257, backend="gpu").dtype == "bfloat16"      # "auto"
+    model.vocab_size = 100
+    with pytest.raises(ValueError) as err:
+        model_config_from(model, 257, backend="cpu")
+    assert str(err.value) == "model.vocab_size=100: smaller than the tokenizer's vocabulary (257)"

@@ -10,6 +10,7 @@ see `family.py`) and add it to FAMILIES.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from flax import nnx
@@ -47,9 +48,11 @@ def model_config_from(model_cfg, vocab_size: int, backend: str) -> ModelConfig:
     """The ModelConfig of a training config's `model` section: its `family` preset, the other keys
     as fields (None keeps the preset's or the default), dtype "auto" resolved for `backend`, and
     the vocabulary of the tokenizer (`vocab_size`) unless the section sets a larger one."""
-    as_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-    fields = {k: v for k, v in as_dict.items() if v is not None}
+    fields = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
     preset = fields.pop("family", "hybrid")
+    # None keeps the preset's value or the default, except for fields whose default is None.
+    keeps_none = {f.name for f in dataclasses.fields(ModelConfig) if f.default is None}
+    fields = {k: v for k, v in fields.items() if v is not None or k in keeps_none}
     fields["dtype"] = resolve_dtype(fields.get("dtype", "auto"), backend)
     if fields.setdefault("vocab_size", vocab_size) < vocab_size:
         raise ValueError(f"model.vocab_size={fields['vocab_size']}: smaller than the tokenizer's vocabulary "

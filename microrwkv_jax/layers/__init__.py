@@ -1,1 +1,1 @@
-"""Building blocks shared by the causal model and the published-architecture model."""
+"""Building blocks every model family uses. Layers know no family: families compose them."""

@@ -1,5 +1,6 @@
 """The causal model: causality, batch independence, gradients, training, recurrent decoding."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -7,6 +8,7 @@ import pytest
 from flax import nnx
 
 from microrwkv_jax import LanguageModel
+from microrwkv_jax.families.causal.model import SUBLAYERS
 from tests.helpers import rel_err, tiny_config
 
 FAMILIES = ["hybrid", "rwkv", "gpt"]
@@ -119,3 +121,19 @@ def test_bfloat16_compute_tracks_float32():
     low = logits_of(make("hybrid", dtype="bfloat16"), x)
     assert low.dtype == jnp.float32
     assert rel_err(low, ref) <= 5e-2
+
+
+@pytest.mark.parametrize("name", ["time_mix", "channel_mix", "swa", "gqa", "moe", "mlp"])
+def test_every_sublayer_has_one_interface_and_continues_from_its_state(name):
+    """`layer(x, start=, state=) -> (y, state, aux)` and `init_state(batch, max_len)`: feeding a
+    sequence in two pieces through the state equals feeding it whole."""
+    config = tiny_config("hybrid", gqa_window=None)
+    layer = SUBLAYERS[name](config, 0, nnx.Rngs(0), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 21, config.n_embd)), jnp.float32)
+    whole, _, aux = layer(x, start=0, state=None)
+    assert whole.shape == x.shape and isinstance(aux, dict)
+    state = layer.init_state(2, 21)
+    first, state, _ = layer(x[:, :13], start=0, state=state)
+    second, state, _ = layer(x[:, 13:], start=13, state=state)
+    assert rel_err(jnp.concatenate([first, second], axis=1), whole) <= 1e-5
+    assert jax.tree.structure(state) == jax.tree.structure(layer.init_state(2, 21))

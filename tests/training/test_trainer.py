@@ -59,6 +59,7 @@ def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     assert "entropy floor of the held-out stories" in done.stderr
     params, meta = final_params(out)
     assert meta["step"] == 4 and meta["tokenizer"] == "byte"
+    assert meta["data_position"] == {"seed": 0, "next_step": 4} and "seed" not in meta    # stored once
 
 
 def test_tinystories_config_on_local_text_files(tmp_path, gpt2_bpe):
@@ -183,6 +184,16 @@ def test_bad_config_fails_before_work_with_one_line(tmp_path, flags, message):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
     assert not out.exists()
+
+
+def test_config_file_lacking_a_key_fails_with_one_line(tmp_path):
+    config = tmp_path / "lacking.py"
+    config.write_text("from configs.tiny import get_config as tiny\n\n\ndef get_config():\n"
+                      "    c = tiny()\n    del c['warmup_steps']\n    return c\n")
+    done = train_cli(tmp_path / "run", config=str(config), check=False, env={"PYTHONPATH": str(REPO)})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config: missing key 'warmup_steps'"
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_config_key_is_refused(tmp_path):
