@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Collection
+
 import optax
-
-NO_DECAY_SUFFIXES = ("bias", "scale", "weight", "embedding")    # norms, biases, embeddings; time_* below
-
-
-def decays(name: str) -> bool:
-    """AdamW weight decay only on weight matrices: not on norms, biases, embeddings, time_* params."""
-    leaf = name.rsplit("/", 1)[-1]
-    return not leaf.startswith("time_") and not leaf.endswith(NO_DECAY_SUFFIXES)
 
 
 def learning_rate_schedule(cfg) -> optax.Schedule:
@@ -20,10 +14,12 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
         decay_steps=max(cfg.num_train_steps, cfg.warmup_steps + 1), end_value=cfg.min_learning_rate)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-    """The optimizer of flat {name: array} parameters."""
+def make_optimizer(cfg, linear_maps: Collection[str]) -> optax.GradientTransformation:
+    """The optimizer of flat {name: array} parameters. Weight decay applies to the parameters named
+    in `linear_maps` (`ParamCodec.linear_maps`: the matrices of linear maps, as the layers mark
+    them) and to nothing else: not to biases, norms, embeddings or RWKV's time_* vectors."""
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
         optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
-                    mask=lambda params: {k: decays(k) for k in params}),
+                    mask=lambda params: {name: name in linear_maps for name in params}),
     )

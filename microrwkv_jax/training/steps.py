@@ -94,7 +94,7 @@ class ShardedSteps:
         self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
-        self.optimizer = make_optimizer(cfg)
+        self.optimizer = make_optimizer(cfg, codec.linear_maps)
         step = make_train_step(codec, self.optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight,
                                data_shards=jax.device_count(), loss_chunk_elements=cfg.get("loss_chunk_elements"))
         self.train_step = jax.jit(step, in_shardings=(self.replicated, self.replicated, self.batch_sharding),

@@ -1,0 +1,48 @@
+"""Weight decay by what a parameter is: the matrices of linear maps decay, nothing else does."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from microrwkv_jax import build_model, model_config
+from microrwkv_jax.checkpoints import ParamCodec
+from microrwkv_jax.training.optimizer import make_optimizer
+from tests.helpers import tiny_config
+
+CFG = ml_collections.ConfigDict(dict(learning_rate=0.1, min_learning_rate=0.1, warmup_steps=0, num_train_steps=10,
+                                     weight_decay=0.5, beta1=0.9, beta2=0.99, grad_clip=0.0))
+
+
+def decayed_after_one_step(config):
+    """Names of the parameters that one AdamW step with zero gradients changes (only decay can)."""
+    model = build_model(config, seed=0)
+    codec = ParamCodec(model)
+    params = codec.flat(model)
+    optimizer = make_optimizer(CFG, codec.linear_maps)
+    zeros = {k: jnp.zeros_like(v) for k, v in params.items()}
+    updates, _ = optimizer.update(zeros, optimizer.init(params), params)
+    return codec, {k for k, u in updates.items() if np.any(np.asarray(u))}
+
+
+def test_hybrid_decays_its_linear_maps_and_no_bias_norm_embedding_or_time_vector():
+    codec, decayed = decayed_after_one_step(tiny_config("hybrid"))
+    assert decayed == codec.linear_maps
+    for name in codec.names:
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf in ("kernel", "router", "w_in", "w_out"):
+            assert name in decayed, name
+        else:      # biases (the MoE's b_in / b_out too), norms, the embedding, time_* vectors
+            assert name not in decayed, name
+    assert "blocks/0/moe/b_in" in codec.names and "blocks/0/moe/w_in" in decayed
+
+
+@pytest.mark.parametrize("preset", ["rwkv", "gpt", "published"])
+def test_every_family_decays_exactly_its_linear_maps(preset):
+    config = tiny_config(preset) if preset != "published" else model_config(
+        "published", vocab_size=97, block_size=32, n_layer=2, n_embd=32, n_head=2, expert_dim=16)
+    codec, decayed = decayed_after_one_step(config)
+    assert decayed == codec.linear_maps and decayed
+    assert all(name.endswith(("kernel", "experts_kernel")) for name in decayed), sorted(decayed)
+    if preset == "published":
+        assert "blocks/0/moe/experts_kernel" in decayed and "blocks/0/moe/experts_bias" not in decayed
