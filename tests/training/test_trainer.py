@@ -189,10 +189,10 @@ def test_bad_config_fails_before_work_with_one_line(tmp_path, flags, message):
 def test_config_file_lacking_a_key_fails_with_one_line(tmp_path):
     config = tmp_path / "lacking.py"
     config.write_text("from configs.tiny import get_config as tiny\n\n\ndef get_config():\n"
-                      "    c = tiny()\n    del c['warmup_steps']\n    return c\n")
+                      "    c = tiny()\n    del c['beta2']\n    return c\n")
     done = train_cli(tmp_path / "run", config=str(config), check=False, env={"PYTHONPATH": str(REPO)})
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config: missing key 'warmup_steps'"
+    assert done.stderr.strip().splitlines()[-1] == "train.py: error: config: missing key 'beta2'"
     assert not (tmp_path / "run").exists()
 
 

@@ -9,7 +9,7 @@ the first A experts of width int(1.2 expert_dim), the output projection).
 from __future__ import annotations
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.published.model import SWA_WINDOW, expert_width
+from microrwkv_jax.families.published.model import GQA_GROUPS, SWA_WINDOW, expert_width
 from microrwkv_jax.flops import channel_mix_flops, head_flops, time_mix_flops
 
 
@@ -18,6 +18,6 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     x = expert_width(config.expert_dim)
     per_layer = (2 * time_mix_flops(c, h, n, config.chunk_size) + channel_mix_flops(c)
                  + 2 * (3 * c * c + c * c) + 2 * 2 * min(seq_len, SWA_WINDOW) * c
-                 + 2 * (4 * c * c + c * c) + 2 * 2 * h * c
+                 + 2 * (GQA_GROUPS * c * c + c * c) + 2 * 2 * h * c
                  + 2 * (c * config.num_experts + config.num_active_experts * c * x + x * c))
     return config.n_layer * per_layer + head_flops(c, config.padded_vocab_size)

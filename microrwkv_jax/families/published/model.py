@@ -39,8 +39,9 @@ def expert_width(expert_dim: int) -> int:
 
 def check_config(config: ModelConfig) -> None:
     """What the published code needs of its sizes."""
-    if config.n_embd % (4 * config.n_head):
-        config.fail("n_embd", f"the published GQA needs n_embd divisible by 4 * n_head = {4 * config.n_head}")
+    if config.n_embd % (GQA_GROUPS * config.n_head):
+        config.fail("n_embd", f"the published GQA needs n_embd divisible by {GQA_GROUPS} * n_head = "
+                              f"{GQA_GROUPS * config.n_head}")
     if config.n_layer < 2 or config.n_head < 2:
         config.fail("n_layer" if config.n_layer < 2 else "n_head",
                     "the published initialisation divides by n_layer - 1 and n_head - 1; use >= 2")
@@ -80,7 +81,7 @@ class PublishedGroupedAttention(nnx.Module):
 
     def __init__(self, n_embd: int, n_head: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.n_head = n_head
-        self.qkvw = linear(n_embd, 4 * n_embd, rngs=rngs, dtype=dtype)
+        self.qkvw = linear(n_embd, GQA_GROUPS * n_embd, rngs=rngs, dtype=dtype)
         self.out = linear(n_embd, n_embd, rngs=rngs, dtype=dtype)
 
     def __call__(self, z):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.published.model import check_config, expert_width
+from microrwkv_jax.families.published.model import GQA_GROUPS, check_config, expert_width
 from microrwkv_jax.torch_checkpoint import ConversionError
 
 MODEL_ARGS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "num_experts",
@@ -70,7 +70,7 @@ def published_parameter_map(config: ModelConfig):
         entries += _linear(f"{t}cmix.receptance", f"{o}cmix/receptance", c, c, b)
         entries += _linear(f"{t}sliding_attn.qkv", f"{o}sliding_attn/qkv", c, 3 * c, False)
         entries += _linear(f"{t}sliding_attn.proj", f"{o}sliding_attn/proj", c, c, False)
-        entries += _linear(f"{t}grouped_attn.qkvw", f"{o}grouped_attn/qkvw", c, 4 * c, False)
+        entries += _linear(f"{t}grouped_attn.qkvw", f"{o}grouped_attn/qkvw", c, GQA_GROUPS * c, False)
         entries += _linear(f"{t}grouped_attn.out", f"{o}grouped_attn/out", c, c, False)
         entries += _linear(f"{t}moe.gate", f"{o}moe/gate", c, config.num_experts, True)
         for j in range(config.num_active_experts):
