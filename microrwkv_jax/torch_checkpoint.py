@@ -4,13 +4,17 @@ A torch checkpoint is a zip archive holding `<name>/data.pkl` (a pickle) and one
 tensor storage (`<name>/data/<key>`). Unpickling normally imports and calls whatever the
 pickle names, so a malicious file can run anything. `load_torch_checkpoint` uses a restricted
 unpickler that admits only the tensor-rebuild functions, the storage types, OrderedDict and
-plain values; anything else raises `UnsafeCheckpointError` before it is called. Tensors come
-back as numpy arrays (bfloat16 as `ml_dtypes.bfloat16`), bit for bit the values torch stores.
+plain values; anything else raises `UnsafeCheckpointError` before it is called. Sizes are
+checked before anything is read: each storage's size in the archive's directory against what the
+pickle says it holds, and each tensor's view (offset, sizes, strides) against its storage.
+Tensors come back as numpy arrays (bfloat16 as `ml_dtypes.bfloat16`), bit for bit the values
+torch stores.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import pickle
 import zipfile
 
@@ -42,18 +46,72 @@ class _StorageType:
         self.dtype = np.dtype(dtype)
 
 
+# Deflate cannot expand data more than about 1032:1; a member claiming more lies about its size.
+MAX_DEFLATE_RATIO = 1100
+
+
+class _TensorView:
+    """A tensor as the pickle describes it: a view (offset, sizes, strides) of a storage. Nothing is
+    read through it until `_materialise` has checked it against its storage."""
+
+    def __init__(self, storage, storage_offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, storage_offset, size, stride
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    if len(size) == 0:
-        return storage[storage_offset].copy()
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride), writeable=False)
-    return np.ascontiguousarray(view)
+    return _TensorView(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _materialise(view: _TensorView, name: str) -> np.ndarray:
+    """The array a view describes, after checking, in exact integer arithmetic, that every element it
+    reads lies inside its storage; refuses negative strides and views larger than their storage."""
+    storage, offset, size, stride = view.storage, view.offset, view.size, view.stride
+    if not isinstance(storage, np.ndarray):
+        raise CheckpointFormatError(f"tensor {name}: its storage is not a storage")
+    if not (_is_int(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+            and all(map(_is_int, size)) and all(map(_is_int, stride)) and len(size) == len(stride)):
+        raise CheckpointFormatError(f"tensor {name}: malformed view (offset {offset!r:.40}, size {size!r:.60}, "
+                                    f"stride {stride!r:.60})")
+    numel = math.prod(size)
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise CheckpointFormatError(f"tensor {name}: negative offset, size or stride (offset {offset}, "
+                                    f"size {tuple(size)}, stride {tuple(stride)})")
+    if numel == 0:
+        return np.zeros(tuple(size), storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))      # Python ints: no overflow
+    if last >= storage.size or numel > storage.size:
+        raise CheckpointFormatError(f"tensor {name}: view (offset {offset}, size {tuple(size)}, stride "
+                                    f"{tuple(stride)}) reaches outside its storage of {storage.size} elements")
+    if not size:
+        return storage[offset].copy()
+    itemsize = storage.dtype.itemsize
+    view_array = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                                 strides=tuple(s * itemsize for s in stride), writeable=False)
+    return np.ascontiguousarray(view_array)
+
+
+def _materialise_all(value, name: str = "", depth: int = 0):
+    """`value` with every tensor view checked and turned into an array, named by its path."""
+    if depth > 100:
+        raise CheckpointFormatError(f"{name or 'checkpoint'}: nested more than 100 levels deep")
+    if isinstance(value, _TensorView):
+        return _materialise(value, name or "<root>")
+    if isinstance(value, dict):
+        items = [(k, _materialise_all(v, f"{name}/{k}" if name else str(k), depth + 1)) for k, v in value.items()]
+        return type(value)(items) if isinstance(value, collections.OrderedDict) else dict(items)
+    if isinstance(value, (list, tuple)):
+        items = [_materialise_all(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return type(value)(items)
+    return value
 
 
 ADMITTED = {
@@ -78,13 +136,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+                and isinstance(pid[1], _StorageType) and _is_int(pid[4]) and pid[4] >= 0):
             raise UnsafeCheckpointError(f"refused persistent id {pid!r:.80}")
-        storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
+        storage_type, key, numel = pid[1], str(pid[2]), pid[4]
         if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}data/{key}")
+            member = f"{self.prefix}data/{key}"
+            try:
+                info = self.archive.getinfo(member)
+            except KeyError:
+                raise CheckpointFormatError(f"storage {key}: no member {member} in the archive") from None
             expected = numel * storage_type.dtype.itemsize
-            if len(raw) < expected:
+            # Sizes first, from the archive's directory: nothing is inflated that the pickle does not account for.
+            if info.file_size != expected:
+                raise CheckpointFormatError(f"storage {key}: the archive declares {info.file_size} bytes, the "
+                                            f"pickle {numel} x {storage_type.dtype.itemsize} = {expected}")
+            if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+                raise CheckpointFormatError(f"storage {key}: {info.compress_size} compressed bytes cannot hold "
+                                            f"the {info.file_size} it declares")
+            raw = self.archive.read(member)
+            if len(raw) != expected:
                 raise CheckpointFormatError(f"storage {key} holds {len(raw)} bytes, expected {expected}")
             self.storages[key] = np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
         return self.storages[key]
@@ -111,9 +181,11 @@ def load_torch_checkpoint(path) -> dict:
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
         try:
             with archive.open(pickles[0]) as f:
-                return _RestrictedUnpickler(f, archive, prefix).load()
-        except CheckpointFormatError:
+                return _materialise_all(_RestrictedUnpickler(f, archive, prefix).load())
+        except UnsafeCheckpointError:
             raise
+        except CheckpointFormatError as err:       # name the file, once
+            raise CheckpointFormatError(str(err) if str(err).startswith(f"{path}: ") else f"{path}: {err}") from None
         except (pickle.UnpicklingError, EOFError, KeyError, zipfile.BadZipFile, ValueError, TypeError,
                 IndexError, OSError) as err:
             raise CheckpointFormatError(f"{path}: corrupt torch checkpoint ({type(err).__name__}: {err})") from None
