@@ -1,8 +1,9 @@
 """Checkpoints on disk: model directories and training runs' checkpoints.
 
 A model directory (what `convert_torch_ckpt.py` writes) holds
-    config.json   {"model": ModelConfig fields, "tokenizer": name, ...metadata}
-    params/       an orbax checkpoint of the parameters, a flat {"a/b/c": array} dict
+    config.json                 {"model": ModelConfig fields, "tokenizer": name, ...metadata}
+    params/                     an orbax checkpoint of the parameters, a flat {"a/b/c": array} dict
+    .microrwkv-model-dir        the marker: only a directory that has it may be replaced (force)
 It is written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written directory under the final name.
 
@@ -31,6 +32,7 @@ from microrwkv_jax.families import abstract_model, config_from_dict
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+MARKER_FILE = ".microrwkv-model-dir"
 RUN_ITEMS = ("params", "opt_state", "meta")
 
 
@@ -83,12 +85,30 @@ def model_from_flat_params(config: ModelConfig, flat: dict):
 
 # --- Model directories -----------------------------------------------------------------------------
 
+def check_replaceable(out_dir, force: bool, keep=()) -> None:
+    """Refuse, before any work, to write a model directory over anything but a model directory this
+    project wrote (and only with `force`), or over a directory holding one of the paths in `keep`."""
+    out_dir = pathlib.Path(out_dir).absolute()
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not force:
+        raise FileExistsError(f"{out_dir} exists (use --force to replace it)")
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is not a directory; --force replaces only a model directory")
+    if not (out_dir / MARKER_FILE).is_file():
+        raise FileExistsError(f"{out_dir} is not a model directory written by this project (no {MARKER_FILE}); "
+                              "--force replaces only those")
+    for path in keep:
+        if pathlib.Path(path).resolve().is_relative_to(out_dir.resolve()):
+            raise FileExistsError(f"{out_dir} holds {path}; refusing to replace it")
+
+
 def save_model_dir(out_dir, model, meta: dict, force: bool = False, extra: dict | None = None) -> pathlib.Path:
     """Write `model`'s parameters and `meta` (must include "model": config dict) to `out_dir`;
-    `extra` maps further item names to flat {name: array} dicts saved beside the parameters."""
+    `extra` maps further item names to flat {name: array} dicts saved beside the parameters.
+    With `force`, replaces an existing model directory (see `check_replaceable`)."""
     out_dir = pathlib.Path(out_dir).absolute()
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} exists (use --force to replace it)")
+    check_replaceable(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     checkpointer = ocp.StandardCheckpointer()
@@ -99,6 +119,7 @@ def save_model_dir(out_dir, model, meta: dict, force: bool = False, extra: dict 
             checkpointer.save(tmp / item, arrays)
             checkpointer.wait_until_finished()
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / MARKER_FILE).write_text("a microrwkv_jax model directory: --force may replace it\n")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(old)

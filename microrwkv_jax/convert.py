@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from microrwkv_jax.checkpoints import model_from_flat_params, save_model_dir
+from microrwkv_jax.checkpoints import check_replaceable, model_from_flat_params, save_model_dir
 from microrwkv_jax.families import FAMILIES, torch_checkpoint_family
 from microrwkv_jax.torch_checkpoint import ConversionError, load_torch_checkpoint
 
@@ -51,10 +51,9 @@ def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bo
     out = pathlib.Path(out) if out is not None else path.with_suffix("")
     if out.resolve() == path.resolve():
         raise ConversionError(f"--out {out} is the input file itself")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to replace it)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    check_replaceable(out, force, keep=[path])
     config, flat, ckpt, family = read_torch_file(path)
     model = model_from_flat_params(config, flat)
     optimizer = ckpt.get("optimizer") if keep_optimizer else None

@@ -91,15 +91,47 @@ def test_existing_output_is_kept_unless_forced(tmp_path, capsys):
     path = tmp_path / "ckpt.pth"
     save_published_checkpoint(path, tm, args)
     out = tmp_path / "dest"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
+    assert convert_main([str(path), "--out", str(out)]) == 0
     assert convert_main([str(path), "--out", str(out)]) == 1
-    assert (out / "precious.txt").read_text() == "keep me"
-    assert convert_main([str(path), "--out", str(out), "--force"]) == 0
-    assert not (out / "precious.txt").exists()
+    assert capsys.readouterr().err == f"convert_torch_ckpt.py: error: {out} exists (use --force to replace it)\n"
+    assert convert_main([str(path), "--out", str(out), "--force"]) == 0      # a model directory: replaced
     model, _ = load_model(out)
     idx = random_tokens(6, 1, 9)
     assert rel_err(jax_logits(model, idx), torch_logits(tm, idx)) <= 1e-5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def _listing(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else None) for p in root.rglob("*"))
+
+
+def test_force_replaces_only_a_model_directory_that_does_not_hold_the_input(tmp_path, capsys):
+    tm, args = torch_model(5)
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "ckpt.pth"
+    save_published_checkpoint(path, tm, args)
+    (run / "precious.txt").write_text("keep me")
+    (tmp_path / "a_file").write_text("not a directory")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    convert_main([str(path), "--out", str(run / "model")])       # a real model directory, inside run/
+    capsys.readouterr()
+    cases = {
+        run: f"{run} is not a model directory written by this project (no .microrwkv-model-dir); --force replaces only those",
+        other: f"{other} is not a model directory written by this project (no .microrwkv-model-dir); --force replaces only those",
+        tmp_path / "a_file": f"{tmp_path / 'a_file'} is not a directory; --force replaces only a model directory",
+    }
+    for out, message in cases.items():
+        before = _listing(tmp_path)
+        assert convert_main([str(path), "--out", str(out), "--force"]) == 1
+        assert capsys.readouterr().err == f"convert_torch_ckpt.py: error: {message}\n"
+        assert _listing(tmp_path) == before, out           # nothing deleted, renamed or left behind
+    # A model directory that holds the input is not replaced either.
+    inner = run / "model"
+    save_published_checkpoint(inner / "ckpt.pth", tm, args)
+    before = _listing(tmp_path)
+    assert convert_main([str(inner / "ckpt.pth"), "--out", str(inner), "--force"]) == 1
+    assert capsys.readouterr().err == f"convert_torch_ckpt.py: error: {inner} holds {inner / 'ckpt.pth'}; refusing to replace it\n"
+    assert _listing(tmp_path) == before
