@@ -10,6 +10,7 @@ architecture is not causal and reruns its whole window for every token, as the o
 """
 
 import argparse
+import math
 import pathlib
 import sys
 import time
@@ -59,6 +60,10 @@ def run(args) -> int:
         raise ValueError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
     if args.num_samples < 1:
         raise ValueError(f"--num_samples={args.num_samples}: must be >= 1")
+    for flag in ("temperature", "top_p"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{flag}={value}: must be a finite number")
     if args.temperature < 0:
         raise ValueError(f"--temperature={args.temperature}: must be >= 0")
     if args.top_k is not None and args.top_k < 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
+
 from microrwkv_jax.checkpoints import is_model_dir, model_from_flat_params, restore_model_dir_params, restore_run_params
 from microrwkv_jax.convert import read_torch_file
 from microrwkv_jax.data.tokenizers import get_tokenizer
@@ -12,8 +14,16 @@ from microrwkv_jax.families import config_from_dict
 
 
 def load_params(path):
-    """(flat params, ModelConfig, tokenizer name) of a `.pth` file, a model dir or a run dir."""
-    path = pathlib.Path(path)
+    """(flat params, ModelConfig, tokenizer name) of a `.pth` file, a model dir or a run dir;
+    refuses parameters that are not all finite."""
+    flat, config, tokenizer_name = _read_params(pathlib.Path(path))
+    for name, value in flat.items():
+        if not np.all(np.isfinite(np.asarray(value, np.float32))):
+            raise ValueError(f"{path}: parameter {name} holds non-finite values")
+    return flat, config, tokenizer_name
+
+
+def _read_params(path: pathlib.Path):
     if path.is_file():
         config, flat, _, family = read_torch_file(path)
         return flat, config, family.torch_checkpoint.default_tokenizer

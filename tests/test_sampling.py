@@ -131,6 +131,9 @@ def test_cli_published_generate_aliases(model_dir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--ckpt", "/nonexistent/ckpt"], "/nonexistent/ckpt: no such checkpoint (train one with train.py, or pass --ckpt)"),
     (["--max_new_tokens", "0"], "--max_new_tokens=0: must be >= 1"),
+    (["--temperature", "nan"], "--temperature=nan: must be a finite number"),
+    (["--temperature", "inf"], "--temperature=inf: must be a finite number"),
+    (["--top_p", "nan"], "--top_p=nan: must be a finite number"),
     (["--model_name", "nope", "--out_dir", "/nonexistent"],
      "--model_name nope: none of /nonexistent/nope, /nonexistent/nope.pth, /nonexistent/nope.pt exists"),
 ])
@@ -147,3 +150,13 @@ def test_cli_unencodable_prompt_and_exit_status(model_dir):
     assert done.stderr == ("sample.py: error: --prompt: character '\\udce9' at position 3 cannot be encoded "
                            "by the byte tokenizer\n")
     assert done.stdout == ""
+
+
+def test_cli_refuses_a_checkpoint_with_non_finite_parameters(tmp_path, capsys):
+    model = make("rwkv")
+    model.wte.embedding[...] = model.wte.embedding[...].at[3, 5].set(jnp.nan)
+    path = tmp_path / "nan-model"
+    save_model_dir(path, model, {"model": model.config.to_dict(), "tokenizer": "byte"})
+    assert sample_cli.main(["--ckpt", str(path), "--max_new_tokens", "4"]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"sample.py: error: {path}: parameter wte/embedding holds non-finite values\n" and out == ""

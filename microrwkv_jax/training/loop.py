@@ -17,6 +17,15 @@ from microrwkv_jax.families import get_family
 from microrwkv_jax.training.run import Run, TrainingError, check_writable, log_line
 
 
+def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
+    """What is wrong with a step's result, or "" if its loss, gradients and new parameters are finite."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if not math.isfinite(grad_norm):
+        return f"gradient norm is {grad_norm}"
+    return "" if params_finite else "parameters are not finite after the update"
+
+
 def train(cfg) -> dict:
     """Train (or with eval_only, evaluate) as `cfg` says. Returns the last metrics."""
     from tqdm import tqdm
@@ -69,10 +78,11 @@ def train(cfg) -> dict:
             batch = run.global_batch(run.step)
             new_params, new_opt, metrics = run.steps.train_step(run.params, run.opt_state, batch)
             loss = float(metrics["loss"])     # one host sync per step: a NaN must stop before it is saved
-            if not math.isfinite(loss):
+            problem = non_finite(loss, float(metrics["grad_norm"]), bool(metrics["params_finite"]))
+            if problem:
                 manager.wait_until_finished()
-                kept = manager.latest_step()
-                raise TrainingError(f"loss is {loss} at step {run.step}; stopped without saving "
+                kept = manager.latest_step()     # only finite states are ever saved
+                raise TrainingError(f"{problem} at step {run.step}; stopped without saving "
                                     f"(last good checkpoint: {'step ' + str(kept) if kept is not None else 'none'})")
             run.params, run.opt_state = new_params, new_opt
             run.step += 1

@@ -53,7 +53,8 @@ def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,
 def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float,
                     data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
     """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings.
-    The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches."""
+    The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches.
+    metrics: loss, ce, moe_aux, grad_norm, and params_finite (every updated parameter is finite)."""
     loss_fn = make_loss_fn(codec, aux_weight, data_shards, loss_chunk_elements)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -69,7 +70,11 @@ def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_wei
         grads, loss, ce, aux = jax.tree.map(lambda g: g / grad_accum_steps, (grads, loss, ce, aux))
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "ce": ce, "moe_aux": aux, "grad_norm": optax.global_norm(grads)}
+        grad_norm = optax.global_norm(grads)
+        # A finite loss is not enough: a NaN gradient or an overflowing update poisons the parameters.
+        params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        return params, opt_state, {"loss": loss, "ce": ce, "moe_aux": aux, "grad_norm": grad_norm,
+                                   "params_finite": params_finite}
 
     return step
 

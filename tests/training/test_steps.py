@@ -73,3 +73,32 @@ def test_bfloat16_compute_path_tracks_float32(family):
     assert abs(float(ce16) - float(ce32)) <= 1e-3 * float(ce32)
     flat = lambda g: np.concatenate([np.ravel(np.asarray(g[k])) for k in sorted(g)])
     assert rel_err(flat(g16), flat(g32)) <= 2e-2
+
+
+def test_train_step_reports_parameters_that_an_update_made_non_finite():
+    """A finite loss with non-finite parameters after the update (here a padding row of the
+    embedding, which no forward pass reads) must be flagged, not only a non-finite loss."""
+    import ml_collections
+    from microrwkv_jax.training.optimizer import make_optimizer
+    from microrwkv_jax.training.steps import make_train_step
+    config = tiny_config("rwkv")
+    codec = ParamCodec(build_model(config, seed=0))
+    params = codec.flat(build_model(config, seed=0))
+    cfg = ml_collections.ConfigDict(dict(learning_rate=1e-3, min_learning_rate=1e-3, warmup_steps=0, num_train_steps=2,
+                                         weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0))
+    optimizer = make_optimizer(cfg, codec.linear_maps)
+    step = jax.jit(make_train_step(codec, optimizer, 1, 0.0))
+    batch = jnp.asarray(np.random.default_rng(2).integers(0, 97, (2, 17)), jnp.int32)
+    _, _, metrics = step(params, optimizer.init(params), batch)
+    assert bool(metrics["params_finite"]) and np.isfinite(float(metrics["grad_norm"]))
+    poisoned = {**params, "wte/embedding": params["wte/embedding"].at[120].set(jnp.inf)}    # rows >= 97 are padding
+    _, _, metrics = step(poisoned, optimizer.init(poisoned), batch)
+    assert np.isfinite(float(metrics["loss"])) and not bool(metrics["params_finite"])
+
+
+def test_the_trainer_names_what_is_not_finite():
+    from microrwkv_jax.training.loop import non_finite
+    assert non_finite(1.0, 2.0, True) == ""
+    assert non_finite(float("nan"), 2.0, True) == "loss is nan"
+    assert non_finite(1.0, float("inf"), True) == "gradient norm is inf"
+    assert non_finite(1.0, 2.0, False) == "parameters are not finite after the update"
