@@ -13,10 +13,12 @@ orbax CheckpointManager (the last few steps and the best by validation loss).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 from typing import Optional
 
@@ -34,6 +36,58 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 MARKER_FILE = ".microrwkv-model-dir"
 RUN_ITEMS = ("params", "opt_state", "meta")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose files are missing, truncated or fail their checksums; the message is one line."""
+
+
+# --- Checksums ---------------------------------------------------------------------------------------
+
+def tree_checksums(tree) -> dict:
+    """{path: sha256 of the array's dtype, shape and bytes} for every array leaf of a pytree (a flat
+    parameter dict, an optimizer state), computed on the host."""
+    sums = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+        digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.reshape(-1).view(np.uint8) if a.size else b"")
+        sums[jax.tree_util.keystr(path)] = digest.hexdigest()
+    return sums
+
+
+def verify_checksums(tree, expected: dict, where: str) -> None:
+    """Raise CorruptCheckpointError naming the first array of `tree` whose checksum differs from `expected`."""
+    actual = tree_checksums(tree)
+    if actual.keys() != expected.keys():
+        raise CorruptCheckpointError(f"{where}: holds other arrays than its checksums name")
+    for name, digest in expected.items():
+        if actual[name] != digest:
+            raise CorruptCheckpointError(f"{where}: {name} fails its checksum (the file is corrupt)")
+
+
+def _ignore_closed_event_loop() -> None:
+    """After a failed restore, orbax/tensorstore callbacks still pending at interpreter exit find
+    their asyncio loop closed and print a traceback that says nothing about the checkpoint (the
+    error was already raised, in one line): drop exactly that one."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def unreadable(where, err: BaseException) -> CorruptCheckpointError:
+    """The one-line error for checkpoint files orbax cannot read (missing, truncated, corrupt)."""
+    _ignore_closed_event_loop()
+    return CorruptCheckpointError(f"{where}: unreadable checkpoint ({first_line(err)})")
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
 
 
 # --- Parameters as a flat dict -------------------------------------------------------------------
@@ -113,11 +167,11 @@ def save_model_dir(out_dir, model, meta: dict, force: bool = False, extra: dict 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     checkpointer = ocp.StandardCheckpointer()
     try:
-        checkpointer.save(tmp / PARAMS_DIR, {k: np.asarray(v) for k, v in flat_params(model).items()})
-        checkpointer.wait_until_finished()
-        for item, arrays in (extra or {}).items():
+        items = {PARAMS_DIR: {k: np.asarray(v) for k, v in flat_params(model).items()}, **(extra or {})}
+        for item, arrays in items.items():
             checkpointer.save(tmp / item, arrays)
             checkpointer.wait_until_finished()
+        meta = {**meta, "checksums": {item: tree_checksums(arrays) for item, arrays in items.items()}}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         (tmp / MARKER_FILE).write_text("a microrwkv_jax model directory: --force may replace it\n")
         if out_dir.exists():
@@ -145,10 +199,22 @@ def read_model_dir_meta(path) -> dict:
 
 
 def restore_model_dir_params(path):
-    """Returns (flat params, config, meta) from a directory written by `save_model_dir`."""
+    """Returns (flat params, config, meta) from a directory written by `save_model_dir`, its
+    parameters checked against their checksums (directories written before checksums: unchecked)."""
     path = pathlib.Path(path).absolute()
-    meta = read_model_dir_meta(path)
-    return ocp.StandardCheckpointer().restore(path / PARAMS_DIR), config_from_dict(meta["model"]), meta
+    try:
+        meta = read_model_dir_meta(path)
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpointError(f"{path / CONFIG_FILE}: unreadable ({first_line(err)})") from None
+    config = config_from_dict(meta["model"])
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            flat = checkpointer.restore(path / PARAMS_DIR)
+    except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
+        raise unreadable(path / PARAMS_DIR, err) from None
+    if "checksums" in meta:
+        verify_checksums(flat, meta["checksums"][PARAMS_DIR], str(path / PARAMS_DIR))
+    return flat, config, meta
 
 
 def restore_model_dir(path):
@@ -191,9 +257,19 @@ def _restore_run_items(run_dir, step: Optional[int], **items):
 
 
 def restore_run_params(run_dir, step: Optional[int] = None):
-    """(flat params as numpy, meta) of a training run's checkpoint (the latest by default)."""
-    restored = _restore_run_items(run_dir, step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    return dict(restored.params), restored.meta
+    """(flat params as numpy, meta) of a training run's checkpoint (the latest by default), checked
+    against the checksums stored with it."""
+    where = pathlib.Path(run_dir) / "checkpoints" / str(step if step is not None else latest_run_checkpoint(run_dir))
+    try:
+        restored = _restore_run_items(run_dir, step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    except FileNotFoundError:
+        raise
+    except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
+        raise unreadable(where, err) from None
+    params = dict(restored.params)
+    if "checksums" in restored.meta:
+        verify_checksums(params, restored.meta["checksums"]["params"], str(where / "params"))
+    return params, restored.meta
 
 
 def read_run_meta(run_dir, step: Optional[int] = None) -> dict:

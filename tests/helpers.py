@@ -39,3 +39,14 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def flip_bytes(directory, count: int = 16) -> pathlib.Path:
+    """Silent bit rot: invert `count` bytes in the middle of the largest data file under `directory`."""
+    path = max((p for p in pathlib.Path(directory).rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+    return path

@@ -35,12 +35,10 @@ def train(cfg) -> dict:
     run = Run(cfg)          # data and model first: bad input fails before out_dir is created
     out.mkdir(parents=True, exist_ok=True)
     manager = run_checkpoint_manager(out, keep=cfg.get("keep_checkpoints", 3))
-    latest = manager.latest_step()
-    if latest is not None:
-        run.restore(manager, latest)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if jax.process_index() == 0 else (lambda *a: None)
+    latest = run.resume(manager, say)
     metrics_path = out / "metrics.jsonl"
     info = run.data.info
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if jax.process_index() == 0 else (lambda *a: None)
     n_params = sum(int(np.prod(s)) for s in run.codec.shapes.values())
     say(f"model: {get_family(run.model_config.arch).describe(run.model_config)} {n_params:,} parameters, "
         f"dtype {run.model_config.dtype}; {jax.device_count()} device(s) ({jax.devices()[0].platform}), "

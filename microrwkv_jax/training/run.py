@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from microrwkv_jax.checkpoints import ParamCodec
+from microrwkv_jax.checkpoints import CorruptCheckpointError, ParamCodec, tree_checksums, unreadable, verify_checksums
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
 from microrwkv_jax.families import build_model, model_config_from, train_flops_per_token
@@ -111,21 +113,50 @@ class Run:
                 "config": json.loads(self.cfg.to_json_best_effort()) if hasattr(self.cfg, "to_json_best_effort") else {}}
 
     def save(self, manager, metrics: Optional[dict] = None) -> None:
+        """Save params, optimizer state and metadata (with checksums of every array), asynchronously."""
+        meta = {**self.meta(), "checksums": {"params": tree_checksums(self.params),
+                                             "opt_state": tree_checksums(self.opt_state)}}
         manager.save(self.step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(self.params), opt_state=ocp.args.StandardSave(self.opt_state),
-            meta=ocp.args.JsonSave(self.meta())), metrics=metrics)
+            meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
     def restore(self, manager, step: int) -> None:
-        abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.steps.replicated), tree)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract(self.params)),
-            opt_state=ocp.args.StandardRestore(abstract(self.opt_state)),
-            meta=ocp.args.JsonRestore()))
+        """Restore the checkpoint of `step`; CorruptCheckpointError if it is unreadable or fails its checksums."""
+        where = self.out_dir / "checkpoints" / str(step)
+        abstract = lambda tree: jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.steps.replicated), tree)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract(self.params)),
+                opt_state=ocp.args.StandardRestore(abstract(self.opt_state)),
+                meta=ocp.args.JsonRestore()))
+        except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
+            raise unreadable(where, err) from None
         if restored.meta["model"] != self.model_config.to_dict():
             raise TrainingError(f"{self.out_dir}: its checkpoint is of another model config; "
                                 "use another out_dir or the same config")
+        if "checksums" in restored.meta:
+            verify_checksums(restored.params, restored.meta["checksums"]["params"], str(where / "params"))
+            verify_checksums(restored.opt_state, restored.meta["checksums"]["opt_state"], str(where / "opt_state"))
         self.params, self.opt_state = restored.params, restored.opt_state
         self.step = int(restored.meta["step"])
+
+    def resume(self, manager, say) -> Optional[int]:
+        """Restore the newest intact checkpoint. A corrupt newer one is moved aside (renamed
+        STEP.corrupt-N, never deleted) with a one-line warning. Returns the step, or None."""
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                self.restore(manager, step)
+                return step
+            except CorruptCheckpointError as err:
+                corrupt = self.out_dir / "checkpoints" / str(step)
+                aside = corrupt.with_name(f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                if jax.process_index() == 0:
+                    corrupt.rename(aside)
+                multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
+                manager.reload()
+                say(f"warning: {err}; moved it to {aside.name} and trying the previous checkpoint")
+        return None
 
 
 def check_writable(out: pathlib.Path) -> None:

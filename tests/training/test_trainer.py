@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, flip_bytes
 
 pytestmark = pytest.mark.slow      # every test here runs train.py in subprocesses
 
@@ -117,7 +117,10 @@ def test_two_processes_give_the_same_loss_curve_as_one(tmp_path):
 
 # --- checkpoints ------------------------------------------------------------------------------
 
-def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+def test_sigkill_and_bit_rot_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    """Kill a trainer at a random point three times, corrupting its newest checkpoint after each kill:
+    every resume starts from the newest intact checkpoint, and the end is bit for bit the same."""
+    from microrwkv_jax.checkpoints import latest_run_checkpoint
     flags = ["--config.num_train_steps=12", "--config.checkpoint_every=1", "--config.eval_every=100",
              "--config.model.family=rwkv"]
     straight = tmp_path / "straight"
@@ -125,24 +128,47 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/tiny.py'}", f"--config.out_dir={killed}",
             f"--config.data.cache_dir={tmp_path / 'data_cache'}", *TINY, *flags]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    log = killed / "metrics.jsonl"
-    while time.time() < deadline:
-        if log.exists() and len(log.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = len(log.read_text().splitlines())
-    assert before < 12, "the run finished before it could be killed"
+    steps_saved = lambda: max((int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit()),
+                              default=0) if (killed / "checkpoints").is_dir() else 0
+    rng = np.random.default_rng(0)
+    for kill in range(3):
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wanted, deadline = steps_saved() + int(rng.integers(1, 3)), time.time() + 300
+        while time.time() < deadline and steps_saved() < wanted:      # complete checkpoints appear atomically
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0, 0.3)))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        newest = latest_run_checkpoint(killed)
+        assert newest is not None and newest < 12, "the run finished before it could be killed"
+        flip_bytes(killed / "checkpoints" / str(newest) / "params")
     done = train_cli(killed, *flags)
-    assert "resumed from" in done.stderr
+    assert "resumed from" in done.stderr and "fails its checksum" in done.stderr
+    assert list((killed / "checkpoints").glob(f"{newest}.corrupt-*"))      # moved aside, not deleted
     a, meta_a = final_params(straight)
     b, meta_b = final_params(killed)
     assert meta_a["step"] == meta_b["step"] == 12
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_one_warning_and_refused_by_load_model(tmp_path):
+    from microrwkv_jax.checkpoints import CorruptCheckpointError
+    from microrwkv_jax.loading import load_model
+    out = tmp_path / "run"
+    train_cli(out, "--config.model.family=rwkv")            # checkpoints at steps 2 and 4
+    flip_bytes(out / "checkpoints" / "4" / "params")
+    with pytest.raises(CorruptCheckpointError) as err:
+        load_model(out)
+    message = str(err.value)      # the flipped bytes are in some array's data: found by its checksum
+    assert message.startswith(f"{out / 'checkpoints' / '4' / 'params'}: ['") and "\n" not in message
+    assert message.endswith("'] fails its checksum (the file is corrupt)")
+    done = train_cli(out, "--config.model.family=rwkv", "--config.num_train_steps=6")
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(out / "checkpoints" / "4") in warnings[0]
+    assert f"resumed from {out / 'checkpoints' / '2'} at step 2" in done.stderr
+    params, meta = final_params(out)
+    assert meta["step"] == 6
 
 
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
