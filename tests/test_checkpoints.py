@@ -59,5 +59,5 @@ def test_a_corrupt_model_directory_fails_with_one_line_naming_it(model_dir, corr
     message = str(err.value)
     assert message.startswith(f"{model_dir / 'params'}: ") and "\n" not in message and len(message) < 400
     assert load_script("sample.py").main(["--ckpt", str(model_dir), "--max_new_tokens", "2"]) == 1
-    out, printed = capsys.readouterr()
-    assert printed == f"sample.py: error: {message}\n"
+    out, printed = capsys.readouterr()      # (which array orbax trips on first may vary between reads)
+    assert printed.startswith(f"sample.py: error: {model_dir / 'params'}: ") and printed.count("\n") == 1
