@@ -14,7 +14,7 @@ import numpy as np
 from microrwkv_jax.checkpoints import run_checkpoint_manager
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.families import get_family
-from microrwkv_jax.training.run import Run, TrainingError, check_writable, log_line
+from microrwkv_jax.training.run import Run, TrainingError, check_writable, lock_out_dir, log_line
 
 
 def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
@@ -27,13 +27,22 @@ def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
 
 
 def train(cfg) -> dict:
-    """Train (or with eval_only, evaluate) as `cfg` says. Returns the last metrics."""
-    from tqdm import tqdm
-
+    """Train (or with eval_only, evaluate) as `cfg` says, holding out_dir's lock. Returns the last metrics."""
     out = pathlib.Path(cfg.out_dir)
     check_writable(out)
     run = Run(cfg)          # data and model first: bad input fails before out_dir is created
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_out_dir(out)
+    try:
+        return _train_holding_lock(cfg, run, out)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
+    from tqdm import tqdm
+
     manager = run_checkpoint_manager(out, keep=cfg.get("keep_checkpoints", 3))
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if jax.process_index() == 0 else (lambda *a: None)
     latest = run.resume(manager, say)

@@ -3,6 +3,7 @@ corpus's entropy floor, and its checkpoints (save, exact resume, metadata)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -157,6 +158,31 @@ class Run:
                 manager.reload()
                 say(f"warning: {err}; moved it to {aside.name} and trying the previous checkpoint")
         return None
+
+
+LOCK_FILE = "train.lock"
+
+
+def lock_out_dir(out: pathlib.Path):
+    """An exclusive lock on `out` for the life of the run: the open lock file, to keep (and close at
+    the end). flock is released by the OS when the process dies, so a killed run never blocks the
+    next. A second trainer is refused, naming the holder's PID. Only process 0 locks."""
+    if jax.process_index() != 0:
+        return None
+    lock = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise TrainingError(f"out_dir={str(out)!r} is in use by another train.py (PID {holder}); wait for it "
+                            "to finish or use another out_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def check_writable(out: pathlib.Path) -> None:

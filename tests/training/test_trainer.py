@@ -289,3 +289,29 @@ def test_fine_tune_from_a_converted_published_checkpoint(tmp_path):
     done = train_cli(tmp_path / "eval", f"--config.init_from={tmp_path / 'ckpt-500'}", "--config.eval_only=True",
                      config="configs/microrwkv_ref.py")
     assert any(l.startswith("eval: val_loss ") for l in done.stderr.splitlines())
+
+
+def test_a_second_trainer_on_the_same_out_dir_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--config.model.family=rwkv", "--config.num_train_steps=100000", "--config.checkpoint_every=1"]
+    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/tiny.py'}", f"--config.out_dir={out}",
+            f"--config.data.cache_dir={tmp_path / 'data_cache'}", *TINY, *flags]
+    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (out / "checkpoints" / "1").is_dir():
+            time.sleep(0.05)
+        before = sorted(p.name for p in (out / "checkpoints").iterdir())
+        done = train_cli(out, *flags, "--config.seed=1", check=False)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"train.py: error: out_dir='{out}' is in use by another train.py (PID {first.pid}); wait for it to "
+            "finish or use another out_dir")
+        assert first.poll() is None                     # the first run goes on
+        assert all(name in before or int(name.split(".")[0]) > 1 for name in os.listdir(out / "checkpoints"))
+    finally:
+        first.kill()
+        first.wait()
+    # The OS released the dead run's lock: the next trainer resumes from its checkpoints.
+    done = train_cli(out, "--config.model.family=rwkv", "--config.num_train_steps=6", "--config.checkpoint_every=1")
+    assert "resumed from" in done.stderr
