@@ -7,13 +7,64 @@ Configs are ml_collections files with `get_config()`; any key can be overridden 
 --config.KEY=VALUE. See microrwkv_jax/training/ for what a run does.
 """
 
+import difflib
+import importlib.util
+import os
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training configuration file.",
                                           lock_config=True)
+
+
+def fail(message: str):
+    print(f"train.py: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def config_path(argv) -> str:
+    path = "configs/tiny.py"
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
+
+
+def unknown_override(argv) -> str:
+    """The first --config.PATH=VALUE whose PATH the config file lacks, and the nearest key it has."""
+    path = config_path(argv)
+    spec = importlib.util.spec_from_file_location("train_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    for arg in argv:
+        if not arg.startswith("--config.") or "=" not in arg:
+            continue
+        node, keys = cfg, arg[len("--config."):].split("=", 1)[0].split(".")
+        for depth, key in enumerate(keys):
+            if not hasattr(node, "keys") or key not in node:
+                parent = ".".join(keys[:depth])
+                nearest = difflib.get_close_matches(key, list(node.keys()) if hasattr(node, "keys") else [], 1, 0.0)
+                hint = f"; did you mean {'.'.join(filter(None, [parent, nearest[0]]))!r}?" if nearest else ""
+                return f"--config.{'.'.join(keys)}: {path} has no key {'.'.join(keys[:depth + 1])!r}{hint}"
+            node = node[key]
+    return "a --config override names a key the config does not have"
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with every failure turned into one line."""
+    if not os.path.isfile(config_path(argv)):
+        fail(f"--config={config_path(argv)}: no such file")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        fail(str(err).splitlines()[0])
+    except (KeyError, AttributeError):       # ml_collections: an override of a key the config lacks
+        fail(unknown_override(argv))
 
 
 def main(argv):
@@ -21,15 +72,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)      # orbax logs every file it writes at INFO
     from microrwkv_jax import training
-    cfg = _CONFIG.value
     try:
+        cfg = _CONFIG.value
         training.validate_config(cfg)
         training.initialize_distributed(cfg)
         training.train(cfg)
     except (ValueError, OSError, training.TrainingError) as err:
-        print(f"train.py: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(err).splitlines()[0])
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -222,10 +222,23 @@ def test_config_file_lacking_a_key_fails_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_config_key_is_refused(tmp_path):
-    done = train_cli(tmp_path / "run", "--config.batchsize=4", check=False)
-    assert done.returncode != 0 and "batchsize" in done.stderr
+@pytest.mark.parametrize("flag, message", [
+    ("--config.batchsize=4", "--config.batchsize: {config} has no key 'batchsize'; did you mean 'batch_size'?"),
+    ("--config.model.n_heads=3", "--config.model.n_heads: {config} has no key 'model.n_heads'; did you mean 'model.n_head'?"),
+    ("--config.nonexistent=3", "--config.nonexistent: {config} has no key 'nonexistent'; did you mean "),
+    ("--config.batch_size=abc", "flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+])
+def test_unknown_config_key_is_refused_with_one_line_and_the_nearest_key(tmp_path, flag, message):
+    done = train_cli(tmp_path / "run", flag, check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(
+        "train.py: error: " + message.format(config=REPO / "configs/tiny.py"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+    done = train_cli(tmp_path / "run", check=False, config="configs/nope.py")
+    assert done.returncode == 1 and done.stderr == f"train.py: error: --config={REPO / 'configs/nope.py'}: no such file\n"
 
 
 def test_empty_data_and_unwritable_out_dir(tmp_path):
