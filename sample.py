@@ -30,6 +30,8 @@ def parse_args(argv):
     p.add_argument("--num_samples", type=int, default=1, help="samples decoded together as one batch")
     p.add_argument("--no_stop", action="store_true", help="do not stop at end-of-text")
     p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+    p.add_argument("--max_prompt_tokens", type=int, default=16384,
+                   help="refuse longer prompts (a recurrent prefill takes time in proportion to them)")
     return p.parse_args(argv)
 
 
@@ -53,6 +55,12 @@ def main(argv=None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"sample.py: error: {message}", file=sys.stderr)
         return 1
+    except RuntimeError as err:      # jax's XlaRuntimeError: out of device memory, above all
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        print("sample.py: error: out of device memory; lower --num_samples or --max_new_tokens, or use "
+              "--dtype bfloat16", file=sys.stderr)
+        return 1
 
 
 def run(args) -> int:
@@ -60,6 +68,8 @@ def run(args) -> int:
         raise ValueError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
     if args.num_samples < 1:
         raise ValueError(f"--num_samples={args.num_samples}: must be >= 1")
+    if args.max_prompt_tokens < 1:
+        raise ValueError(f"--max_prompt_tokens={args.max_prompt_tokens}: must be >= 1")
     for flag in ("temperature", "top_p"):
         value = getattr(args, flag)
         if value is not None and not math.isfinite(value):
@@ -87,10 +97,19 @@ def run(args) -> int:
     except UnicodeEncodeError as err:
         raise ValueError(f"--prompt: character {err.object[err.start]!r} at position {err.start} cannot be "
                          f"encoded by the {tokenizer.name} tokenizer") from None
+    if len(prompt) > args.max_prompt_tokens:
+        raise ValueError(f"--prompt: {len(prompt)} tokens, more than --max_prompt_tokens={args.max_prompt_tokens}; "
+                         "raise it to prefill them anyway")
     family = get_family(config.arch)
     if not family.recurrent:
         print(f"sample.py: {family.describe(config)} has no recurrent form; rerunning the whole window for "
               "every token, as its original sampler does", file=sys.stderr)
+        if len(prompt) > config.block_size:
+            print(f"sample.py: the prompt's {len(prompt)} tokens exceed block_size={config.block_size}; only the "
+                  f"last {config.block_size} are seen", file=sys.stderr)
+    elif len(prompt) > config.block_size:
+        print(f"sample.py: the prompt's {len(prompt)} tokens exceed block_size={config.block_size}; prefilling them "
+              f"in {-(-len(prompt) // 64)} pieces before the first new token", file=sys.stderr)
     prompt = np.tile(np.asarray(prompt, np.int32)[None], (args.num_samples, 1))
 
     streamed, printed, t_first = [], [""], [None]

@@ -82,6 +82,15 @@ def decode_block(graphdef, params, state, last_logits, done, block, temperature,
     return tokens.T, state, last_logits, done
 
 
+def grow_state(model, state, batch: int, capacity: int):
+    """`state` with its caches enlarged to `capacity` slots. Every leaf whose shape grows with the
+    capacity is copied into the start of a larger one; that keeps each cached position at its slot
+    because a cache smaller than its window has never wrapped (positions < capacity)."""
+    def grow(old, new):
+        return old if old.shape == new.shape else new.at[tuple(slice(0, n) for n in old.shape)].set(old)
+    return jax.tree.map(grow, state, model.init_state(batch, capacity))
+
+
 def prefill_pieces(length: int) -> list:
     """Split a prompt into pieces of PREFILL_PIECE tokens, then powers of two: 77 -> [64, 8, 4, 1].
     Each piece runs in parallel (chunked WKV, attention over the piece), and only
@@ -117,7 +126,8 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
     device call. Arguments and result as `generate`'s (already checked)."""
     graphdef, params = nnx.split(model)
     b, t = prompt.shape
-    state = model.init_state(b, cache_capacity(t + max_new_tokens + block))
+    capacity = cache_capacity(t + block)        # grown as generation goes, never sized for the worst case
+    state = model.init_state(b, capacity)
     logits, state = prefill_graph(graphdef, params, state, prompt)
     done = jnp.zeros((b,), bool)
     stop = -1 if stop_token is None else int(stop_token)
@@ -126,6 +136,9 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
     while produced < max_new_tokens:
         # The first token comes alone, so that it streams as soon as it exists; then whole blocks.
         size = 1 if produced == 0 else block
+        if t + produced + size > capacity:
+            capacity = cache_capacity(t + produced + size)
+            state = grow_state(model, state, b, capacity)
         tokens, state, logits, done = decode_block(graphdef, params, state, logits, done, size, float(temperature),
                                                    top_k, top_p, seed, stop)
         tokens = np.asarray(tokens)[:, : max_new_tokens - produced]

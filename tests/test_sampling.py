@@ -142,6 +142,15 @@ def test_cli_bad_input(argv, message, capsys):
     assert capsys.readouterr().err == f"sample.py: error: {message}\n"
 
 
+def test_cli_long_prompts_are_refused_above_the_limit_and_announced_below_it(model_dir, capsys):
+    assert sample_cli.main(["--ckpt", str(model_dir), "--prompt", "a" * 70, "--max_prompt_tokens", "64"]) == 1
+    assert capsys.readouterr().err == ("sample.py: error: --prompt: 70 tokens, more than --max_prompt_tokens=64; "
+                                       "raise it to prefill them anyway\n")
+    assert sample_cli.main(["--ckpt", str(model_dir), "--prompt", "a" * 70, "--max_new_tokens", "2", "--no_stop"]) == 0
+    err = capsys.readouterr().err
+    assert "sample.py: the prompt's 70 tokens exceed block_size=32; prefilling them in 2 pieces" in err
+
+
 @pytest.mark.slow
 def test_cli_unencodable_prompt_and_exit_status(model_dir):
     done = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(model_dir), "--prompt", "caf\udce9"],
@@ -160,3 +169,40 @@ def test_cli_refuses_a_checkpoint_with_non_finite_parameters(tmp_path, capsys):
     assert sample_cli.main(["--ckpt", str(path), "--max_new_tokens", "4"]) == 1
     out, err = capsys.readouterr()
     assert err == f"sample.py: error: {path}: parameter wte/embedding holds non-finite values\n" and out == ""
+
+
+@pytest.mark.parametrize("family", ["gpt", "hybrid"])
+def test_caches_grow_as_generation_goes_and_decode_the_same_tokens(family):
+    """Global attention's cache starts at the prompt's size and doubles as tokens come: the greedy
+    tokens equal those of a step-by-step decode in a cache sized for everything up front."""
+    model = make(family, gqa_window=None)
+    prompt = prompt_tokens(7, 2, 250)
+    new = sampling.generate(model, prompt, 300, temperature=0.0)          # capacity 256 -> 512 -> 1024
+    state = model.init_state(2, 1024)
+    logits, state = decoding.prefill_graph(*nnx.split(model), state, prompt)
+    expected = []
+    for _ in range(300):
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        expected.append(np.asarray(token))
+        logits, state, _ = step_forward(model, token[:, None], state)
+        logits = logits[:, 0]
+    np.testing.assert_array_equal(new, np.stack(expected, axis=1))
+
+
+def test_a_huge_max_new_tokens_does_not_allocate_for_the_worst_case():
+    model = make("gpt", gqa_window=None)
+    sizes = []
+    original = model.init_state
+    model.init_state = lambda batch, max_len: sizes.append(max_len) or original(batch, max_len)
+
+    class Enough(Exception):
+        pass
+
+    def stop_after_three_blocks(tokens, seen=[]):
+        seen.append(tokens)
+        if len(seen) == 3:
+            raise Enough
+
+    with pytest.raises(Enough):
+        sampling.generate(model, prompt_tokens(8, 1, 5), 10 ** 9, temperature=1.0, on_tokens=stop_after_three_blocks)
+    assert sizes == [decoding.MIN_CAPACITY]
