@@ -79,6 +79,10 @@ def main(argv):
         training.train(cfg)
     except (ValueError, OSError, training.TrainingError) as err:
         fail(str(err).splitlines()[0])
+    except RuntimeError as err:      # jax's XlaRuntimeError: out of device memory, above all
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        fail("out of device memory: lower batch_size (or raise grad_accum_steps), block_size or the model's size")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
     try:
         while run.step < cfg.num_train_steps:
             batch = run.global_batch(run.step)
-            new_params, new_opt, metrics = run.steps.train_step(run.params, run.opt_state, batch)
+            new_params, new_opt, metrics = run.train_step(run.params, run.opt_state, batch)
             loss = float(metrics["loss"])     # one host sync per step: a NaN must stop before it is saved
             problem = non_finite(loss, float(metrics["grad_norm"]), bool(metrics["params_finite"]))
             if problem:

@@ -77,6 +77,10 @@ class Run:
                                 f"divisible by the {jax.device_count()} devices")
         self.steps = ShardedSteps(self.codec, cfg)
         self.params, self.opt_state = self.steps.init(self.codec.flat(model))
+        # Compiled now, ahead of the first step, so that a step too large for the device is refused
+        # in one line instead of failing in the middle of an allocation.
+        self.train_step = self.steps.compile(self.params, self.opt_state, (cfg.batch_size, block + 1))
+        check_fits(self.train_step, cfg)
         self.step = 0
         self.flops_per_token = train_flops_per_token(self.model_config, block)
         self.peak = cfg.get("peak_flops") or device_peak_flops()
@@ -158,6 +162,31 @@ class Run:
                 manager.reload()
                 say(f"warning: {err}; moved it to {aside.name} and trying the previous checkpoint")
         return None
+
+
+def device_memory_bytes() -> Optional[int]:
+    """Memory one device of this process can use: its allocator's limit on accelerators; on CPU
+    the host's physical memory, shared by this process's CPU devices."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
+    return None
+
+
+def check_fits(compiled, cfg) -> None:
+    """Refuse a train step whose compiled memory (arguments, outputs, temporaries) exceeds the device's."""
+    limit, memory = device_memory_bytes(), compiled.memory_analysis()
+    if limit is None or memory is None:
+        return
+    need = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes)
+    if need > limit:
+        raise TrainingError(f"the train step needs {need / 2**30:.1f} GiB per device, more than the "
+                            f"{limit / 2**30:.1f} GiB there is: lower batch_size (or raise grad_accum_steps), "
+                            f"block_size={cfg.model.block_size} or the model's size")
 
 
 LOCK_FILE = "train.lock"

@@ -108,6 +108,11 @@ class ShardedSteps:
         self.eval_step = jax.jit(make_eval_step(codec),
                                  in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding))
 
+    def compile(self, params, opt_state, batch_shape) -> "jax.stages.Compiled":
+        """The train step compiled ahead of time for these arguments (what `train_step` runs)."""
+        batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=self.batch_sharding)
+        return self.train_step.lower(params, opt_state, batch).compile()
+
     def init(self, flat_params: dict):
         """(params, opt_state) on the mesh, from flat parameters."""
         params = jax.device_put(flat_params, self.replicated)

@@ -241,6 +241,15 @@ def test_a_missing_config_file_is_one_line(tmp_path):
     assert done.returncode == 1 and done.stderr == f"train.py: error: --config={REPO / 'configs/nope.py'}: no such file\n"
 
 
+def test_a_step_too_large_for_the_device_is_refused_before_it_runs(tmp_path):
+    done = train_cli(tmp_path / "run", "--config.model.block_size=8192", "--config.batch_size=1024", check=False)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: the train step needs ") and last.endswith(
+        "GiB there is: lower batch_size (or raise grad_accum_steps), block_size=8192 or the model's size")
+    assert not (tmp_path / "run").exists()
+
+
 def test_empty_data_and_unwritable_out_dir(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     done = train_cli(tmp_path / "run", f"--config.dataset={tmp_path}/empty.txt", check=False)
