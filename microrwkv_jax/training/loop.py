@@ -119,7 +119,9 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
                     bar.write(f"step {run.step}: val_loss {val:.4f}"
                               + (f"  entropy floor {run.floor:.4f}" if run.floor else ""), file=sys.stderr)
             if save_now:
-                run.save(manager, {"val_loss": last["val_loss"]} if eval_now else None)
+                # A checkpoint competes for "best" only with a finite validation loss.
+                finite_val = eval_now and math.isfinite(last["val_loss"])
+                run.save(manager, {"val_loss": last["val_loss"]} if finite_val else None)
                 t_last = time.perf_counter()
             if out_of_time:
                 say(f"stopping at step {run.step}: max_train_minutes={cfg.max_train_minutes} reached")

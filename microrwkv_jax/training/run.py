@@ -78,9 +78,11 @@ class Run:
         self.steps = ShardedSteps(self.codec, cfg)
         self.params, self.opt_state = self.steps.init(self.codec.flat(model))
         # Compiled now, ahead of the first step, so that a step too large for the device is refused
-        # in one line instead of failing in the middle of an allocation.
-        self.train_step = self.steps.compile(self.params, self.opt_state, (cfg.batch_size, block + 1))
-        check_fits(self.train_step, cfg)
+        # in one line instead of failing in the middle of an allocation (an evaluation needs none).
+        self.train_step = None
+        if not cfg.eval_only:
+            self.train_step = self.steps.compile(self.params, self.opt_state, (cfg.batch_size, block + 1))
+            check_fits(self.train_step, cfg)
         self.step = 0
         self.flops_per_token = train_flops_per_token(self.model_config, block)
         self.peak = cfg.get("peak_flops") or device_peak_flops()
