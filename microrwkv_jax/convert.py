@@ -1,4 +1,4 @@
-"""PyTorch `.pth` checkpoints -> this project's models and model directories, without torch.
+"""PyTorch `.pth` checkpoints and Hugging Face model directories -> this project's models, without torch.
 
 `load_torch_checkpoint` reads the file safely; the registry finds the family whose layout it
 has; that family's `torch_checkpoint.read` maps the state dict to (ModelConfig, parameters).
@@ -12,7 +12,8 @@ import pathlib
 import numpy as np
 
 from microrwkv_jax.checkpoints import check_replaceable, model_from_flat_params, save_model_dir
-from microrwkv_jax.families import FAMILIES, torch_checkpoint_family
+from microrwkv_jax.families import FAMILIES, hf_checkpoint_family, torch_checkpoint_family
+from microrwkv_jax.hf_checkpoint import read_hf_dir
 from microrwkv_jax.torch_checkpoint import ConversionError, load_torch_checkpoint
 
 
@@ -25,6 +26,17 @@ def read_torch_file(path):
         raise ConversionError(f"checkpoint has no 'model' state dict of a known family ({', '.join(known)})")
     config, flat = family.torch_checkpoint.read(ckpt)
     return config, flat, ckpt, family
+
+
+def read_hf_model_dir(path):
+    """Returns (ModelConfig, flat float32 parameters, its Family) of a Hugging Face model directory."""
+    hf_config, state_dict = read_hf_dir(path)
+    family = hf_checkpoint_family(hf_config.get("model_type"))
+    if family is None:
+        known = [f.hf_checkpoint.model_type for f in FAMILIES.values() if f.hf_checkpoint is not None]
+        raise ConversionError(f"{path}: model_type={hf_config.get('model_type')!r}; expected one of {known}")
+    config, flat = family.hf_checkpoint.read(hf_config, state_dict)
+    return config, flat, family
 
 
 def _scalar(value):

@@ -1,5 +1,6 @@
 """Load a model from any checkpoint this project reads: a model directory, a training run
-directory (its newest checkpoint) or a PyTorch `.pth` file of a family that converts them."""
+directory (its newest checkpoint), a Hugging Face model directory or a PyTorch `.pth` file of a
+family that converts them."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import pathlib
 import numpy as np
 
 from microrwkv_jax.checkpoints import is_model_dir, model_from_flat_params, restore_model_dir_params, restore_run_params
-from microrwkv_jax.convert import read_torch_file
+from microrwkv_jax.convert import read_hf_model_dir, read_torch_file
 from microrwkv_jax.data.tokenizers import get_tokenizer
 from microrwkv_jax.families import config_from_dict
+from microrwkv_jax.hf_checkpoint import is_hf_dir
 
 
 def load_params(path):
@@ -30,6 +32,9 @@ def _read_params(path: pathlib.Path):
     if is_model_dir(path):
         flat, config, meta = restore_model_dir_params(path)
         return flat, config, meta.get("tokenizer", "gpt2")
+    if is_hf_dir(path):
+        config, flat, family = read_hf_model_dir(path)
+        return flat, config, family.hf_checkpoint.default_tokenizer
     if path.is_dir():                     # a training run directory: its newest checkpoint
         flat, meta = restore_run_params(path)
         return flat, config_from_dict(meta["model"]), meta.get("tokenizer", "gpt2")

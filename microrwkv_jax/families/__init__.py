@@ -1,6 +1,6 @@
 """The registry of model families: the one place a family plugs in.
 
-    FAMILIES = {"causal": ..., "published": ...}      # ModelConfig.arch -> Family
+    FAMILIES = {"causal": ..., "published": ..., "gpt2": ...}      # ModelConfig.arch -> Family
 
 Everything outside a family's own subpackage reaches it through the functions below: configs
 from presets, building a model, its FLOP count, how it generates, how its PyTorch checkpoints
@@ -16,10 +16,10 @@ from typing import Optional
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig, resolve_dtype
-from microrwkv_jax.families import causal, published
+from microrwkv_jax.families import causal, gpt2, published
 from microrwkv_jax.families.family import Family
 
-FAMILIES = {family.arch: family for family in (causal.FAMILY, published.FAMILY)}
+FAMILIES = {family.arch: family for family in (causal.FAMILY, published.FAMILY, gpt2.FAMILY)}
 # Preset name -> (family, ModelConfig field overrides): what `model.family` names in a training config.
 PRESETS = {name: (family, overrides) for family in FAMILIES.values() for name, overrides in family.presets.items()}
 
@@ -37,7 +37,7 @@ def checked(config: ModelConfig) -> ModelConfig:
 
 
 def model_config(preset: str = "hybrid", **fields) -> ModelConfig:
-    """A checked ModelConfig of a preset ("hybrid", "rwkv", "gpt", "published") with `fields` changed."""
+    """A checked ModelConfig of a preset ("hybrid", "rwkv", "gpt", "published", "gpt2", ...) with `fields` changed."""
     if preset not in PRESETS:
         raise ValueError(f"family: unknown model family {preset!r}; expected one of {sorted(PRESETS)}")
     family, overrides = PRESETS[preset]
@@ -81,6 +81,14 @@ def abstract_model(config: ModelConfig):
 def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     """Model FLOPs of one training token (forward + backward = 3 x forward)."""
     return 3.0 * get_family(config.arch).forward_flops_per_token(config, seq_len)
+
+
+def hf_checkpoint_family(model_type) -> Optional[Family]:
+    """The family that reads Hugging Face directories of this config.json `model_type`, or None."""
+    for family in FAMILIES.values():
+        if family.hf_checkpoint is not None and family.hf_checkpoint.model_type == model_type:
+            return family
+    return None
 
 
 def torch_checkpoint_family(ckpt: dict) -> Optional[Family]:

@@ -24,6 +24,16 @@ class TorchCheckpointFormat:
 
 
 @dataclasses.dataclass(frozen=True)
+class HFCheckpointFormat:
+    """How a family's Hugging Face model directories (config.json + weights) map onto its parameters."""
+
+    model_type: str                                         # config.json's "model_type"
+    read: Callable[[dict, dict], tuple]                     # (config.json, state dict) -> (ModelConfig, flat params)
+    parameter_map: Callable[[ModelConfig], list]            # [(state-dict name, shape, our name)]
+    default_tokenizer: str = "gpt2"
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """A model family.
 
@@ -39,7 +49,8 @@ class Family:
     generate:       (model, prompt [B, T], max_new_tokens, temperature, top_k, top_p, seed,
                     stop_token, on_tokens, block) -> new tokens [B, <= max_new_tokens]
     describe:       (config) -> a short phrase for logs, e.g. "causal ['time_mix', ...]"
-    torch_checkpoint: how its PyTorch checkpoints convert, or None
+    torch_checkpoint: how its PyTorch `.pth` checkpoints convert, or None
+    hf_checkpoint:  how its Hugging Face model directories convert, or None
     """
 
     arch: str
@@ -51,3 +62,4 @@ class Family:
     generate: Callable
     describe: Callable[[ModelConfig], str]
     torch_checkpoint: Optional[TorchCheckpointFormat] = None
+    hf_checkpoint: Optional[HFCheckpointFormat] = None

@@ -104,14 +104,17 @@ def causal_attention(q, k, v, window: Optional[int]):
 
 
 class CausalSelfAttention(nnx.Module):
-    """Causal multi-head attention with `n_kv_head` key/value heads and an optional window."""
+    """Causal multi-head attention with `n_kv_head` key/value heads and an optional window.
+
+    One fused projection gives [q heads | k heads | v heads] (GPT-2's `c_attn` layout);
+    rope_base=None leaves positions to the model (GPT-2's learned position embedding)."""
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, window: Optional[int], n_layer: int,
-                 *, rngs: nnx.Rngs, rope_base: float = 10000.0, dtype=jnp.float32):
+                 *, rngs: nnx.Rngs, rope_base: Optional[float] = 10000.0, bias: bool = False, dtype=jnp.float32):
         self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, n_embd // n_head
         self.window, self.rope_base = window, rope_base
-        self.qkv = linear(n_embd, (n_head + 2 * n_kv_head) * self.head_size, rngs=rngs, dtype=dtype)
-        self.proj = linear(n_embd, n_embd, rngs=rngs, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
+        self.qkv = linear(n_embd, (n_head + 2 * n_kv_head) * self.head_size, rngs=rngs, bias=bias, dtype=dtype)
+        self.proj = linear(n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
 
     def init_state(self, batch: int, max_len: int, dtype=jnp.float32):
         """An empty cache: S = min(window, max_len) slots (max_len for global attention)."""
@@ -126,9 +129,10 @@ class CausalSelfAttention(nnx.Module):
         b, t, _ = x.shape
         n, hq, hkv = self.head_size, self.n_head, self.n_kv_head
         q, k, v = jnp.split(self.qkv(x).reshape(b, t, hq + 2 * hkv, n), [hq, hq + hkv], axis=2)
-        positions = start + jnp.arange(t)
-        q = rotary_embedding(q, positions, self.rope_base)
-        k = rotary_embedding(k, positions, self.rope_base)
+        if self.rope_base is not None:
+            positions = start + jnp.arange(t)
+            q = rotary_embedding(q, positions, self.rope_base)
+            k = rotary_embedding(k, positions, self.rope_base)
         if state is None:
             y, new_state = causal_attention(q, k, v, self.window), None
         else:

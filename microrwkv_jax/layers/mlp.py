@@ -1,4 +1,4 @@
-"""The GPT baseline's feed-forward layer."""
+"""The feed-forward layer of the GPT baseline and of GPT-2."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from microrwkv_jax.layers.linears import STD, linear
 
 
 class MLP(nnx.Module):
-    """Linear(C, rC) -> GELU -> Linear(rC, C). x: [B, T, C] -> [B, T, C]."""
+    """Linear(C, rC) -> GELU (tanh approximation, GPT-2's) -> Linear(rC, C). x: [B, T, C] -> [B, T, C]."""
 
-    def __init__(self, n_embd: int, ratio: int, n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.fc = linear(n_embd, ratio * n_embd, rngs=rngs, dtype=dtype)
-        self.proj = linear(ratio * n_embd, n_embd, rngs=rngs, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
+    def __init__(self, n_embd: int, ratio: int, n_layer: int, *, rngs: nnx.Rngs, bias: bool = False,
+                 dtype=jnp.float32):
+        self.fc = linear(n_embd, ratio * n_embd, rngs=rngs, bias=bias, dtype=dtype)
+        self.proj = linear(ratio * n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
 
     def init_state(self, batch: int, max_len: int) -> dict:
         return {}
