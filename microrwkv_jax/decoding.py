@@ -5,7 +5,7 @@ state, then a compiled `lax.scan` samples and feeds back `block` tokens per devi
 Per-token work happens on the device; the host only streams each finished block. The prompt
 is fed in pieces of PREFILL_PIECE tokens and powers of two, so a new prompt length does not
 recompile. A model only needs `init_state(batch, max_len)`, `forward(tokens, state)`,
-`features(tokens, state)`, `wte` (the tied embedding) and `config.vocab_size`.
+`features(tokens, state)`, `output_embedding()` (the head's matrix) and `config.vocab_size`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def prefill_piece(graphdef, params, state, tokens):
     Only the last position's logits are needed, so the head (the widest product) runs on it alone."""
     model = nnx.merge(graphdef, params)
     x, state, _ = model.features(tokens, state)
-    return tied_logits(x[:, -1:], model.wte.embedding[...], model.config.vocab_size)[:, 0], state
+    return tied_logits(x[:, -1:], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))

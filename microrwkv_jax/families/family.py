@@ -41,7 +41,7 @@ class Family:
     presets:        named configs users train: {preset name: ModelConfig field overrides}
     model_class:    the nnx.Module; `model_class(config, rngs=...)`, with `forward(tokens, state)`
                     -> (logits, state, aux), `features(tokens, state)` -> (hidden, state, aux),
-                    and the tied embedding at `model.wte`
+                    and `output_embedding()`, the output head's matrix [padded vocab, C]
     check_config:   raises ValueError("field=value: why") on a config the family cannot build
     forward_flops_per_token: (config, seq_len) -> model FLOPs of one token's forward pass
     recurrent:      True: decodes with a constant-size state (`model.init_state`, then

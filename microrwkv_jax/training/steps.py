@@ -45,7 +45,8 @@ def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,
         x, _, aux = model.features(batch[:, :-1])
         rows, t = batch.shape[0] // data_shards, batch.shape[1] - 1
         chunk = loss_chunk_len(rows, t, model.config.vocab_size, loss_chunk_elements)
-        ce = tied_cross_entropy(x, model.wte.embedding[...], batch[:, 1:], model.config.vocab_size, chunk, data_shards)
+        ce = tied_cross_entropy(x, model.output_embedding(), batch[:, 1:], model.config.vocab_size, chunk,
+                                data_shards)
         return ce + aux_weight * aux["moe_aux_loss"], (ce, aux["moe_aux_loss"])
     return loss_fn
 

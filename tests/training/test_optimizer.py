@@ -37,13 +37,14 @@ def test_hybrid_decays_its_linear_maps_and_no_bias_norm_embedding_or_time_vector
     assert "blocks/0/moe/b_in" in codec.names and "blocks/0/moe/w_in" in decayed
 
 
-@pytest.mark.parametrize("preset", ["rwkv", "gpt", "published", "gpt2"])
+@pytest.mark.parametrize("preset", ["rwkv", "gpt", "published", "gpt2", "rwkv4"])
 def test_every_family_decays_exactly_its_linear_maps(preset):
     small = dict(vocab_size=97, block_size=32, n_layer=2, n_embd=32, n_head=2)
     config = {"published": lambda: model_config("published", expert_dim=16, **small),
-              "gpt2": lambda: model_config("gpt2", n_kv_head=2, **small)}.get(preset, lambda: tiny_config(preset))()
+              "gpt2": lambda: model_config("gpt2", n_kv_head=2, **small),
+              "rwkv4": lambda: model_config("rwkv4", **{**small, "n_head": 1})}.get(preset, lambda: tiny_config(preset))()
     codec, decayed = decayed_after_one_step(config)
     assert decayed == codec.linear_maps and decayed
-    assert all(name.endswith(("kernel", "experts_kernel")) for name in decayed), sorted(decayed)
+    assert all(name.endswith("kernel") or name == "head" for name in decayed), sorted(decayed)
     if preset == "published":
         assert "blocks/0/moe/experts_kernel" in decayed and "blocks/0/moe/experts_bias" not in decayed

@@ -22,6 +22,8 @@ def tiny_model_config(family, dtype="float32"):
     if family == "gpt2":
         return model_config("gpt2", dtype=dtype, vocab_size=97, block_size=64, n_layer=2, n_embd=32, n_head=4,
                             n_kv_head=4)
+    if family == "rwkv4":
+        return model_config("rwkv4", dtype=dtype, vocab_size=97, block_size=64, n_layer=2, n_embd=32)
     return tiny_config(family).replace(dtype=dtype)
 
 
@@ -44,7 +46,7 @@ def test_loss_chunk_len(rows, seq_len, vocab, budget, expected):
     assert loss_chunk_len(rows, seq_len, vocab, budget) == expected
 
 
-@pytest.mark.parametrize("family", ["hybrid", "published", "gpt2"])
+@pytest.mark.parametrize("family", ["hybrid", "published", "gpt2", "rwkv4"])
 def test_trainer_loss_and_gradients_equal_autodiff_through_the_logits(family):
     """The fused head loss (chunked, gradients formed in the forward pass) against plain autodiff
     of optax's cross-entropy on the model's logits, for every parameter."""
@@ -65,7 +67,7 @@ def test_trainer_loss_and_gradients_equal_autodiff_through_the_logits(family):
     assert all(np.any(np.asarray(ref_grads[k])) for k in params if k.endswith("embedding") and "wte" in k)
 
 
-@pytest.mark.parametrize("family", ["rwkv", "gpt", "published", "gpt2"])
+@pytest.mark.parametrize("family", ["rwkv", "gpt", "published", "gpt2", "rwkv4"])
 def test_bfloat16_compute_path_tracks_float32(family):
     """dtype=bfloat16 is what a GPU run uses ("auto"): parameters and gradients stay float32.
     (Not the hybrid: bf16 rounding flips some of its top-k expert choices, a discrete change.)"""

@@ -89,7 +89,7 @@ class LanguageModel(nnx.Module):
         "moe_aux_loss" (mean over MoE layers; 0 without MoE) and "expert_fraction" [L_moe, E].
         """
         x, new_state, aux = self.features(tokens, state)
-        return tied_logits(x, self.wte.embedding[...], self.config.vocab_size), new_state, aux
+        return tied_logits(x, self.output_embedding(), self.config.vocab_size), new_state, aux
 
     def features(self, tokens, state=None):
         """`forward` without the output head: (final hidden states [B, T, C], new state, aux)."""
@@ -106,6 +106,10 @@ class LanguageModel(nnx.Module):
                "expert_fraction": jnp.stack(fractions) if fractions else None}
         new_state = None if state is None else {"pos": state["pos"] + tokens.shape[1], "blocks": new_blocks}
         return self.ln_f(x), new_state, aux
+
+    def output_embedding(self):
+        """The output head's matrix [padded vocab, C]: the tied token embedding."""
+        return self.wte.embedding[...]
 
     def __call__(self, tokens):
         return self.forward(tokens)[0]

@@ -68,7 +68,7 @@ class GPT2(nnx.Module):
     def forward(self, tokens, state=None):
         """tokens: int [B, T]; state from `init_state` or None. Returns (logits [B, T, V], state, aux)."""
         x, new_state, aux = self.features(tokens, state)
-        return tied_logits(x, self.wte.embedding[...], self.config.vocab_size), new_state, aux
+        return tied_logits(x, self.output_embedding(), self.config.vocab_size), new_state, aux
 
     def features(self, tokens, state=None):
         """`forward` without the output head: (final hidden states [B, T, C], new state, aux)."""
@@ -86,6 +86,10 @@ class GPT2(nnx.Module):
         new_state = None if state is None else {"pos": state["pos"] + t, "blocks": new_blocks}
         aux = {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}
         return self.ln_f(x), new_state, aux
+
+    def output_embedding(self):
+        """The output head's matrix [padded vocab, C]: the tied token embedding."""
+        return self.wte.embedding[...]
 
     def __call__(self, tokens):
         return self.forward(tokens)[0]

@@ -153,7 +153,7 @@ class PublishedModel(nnx.Module):
     def forward(self, tokens, state=None):
         """Same signature as `LanguageModel.forward`; there is no recurrent state (state must be None)."""
         x, _, aux = self.features(tokens, state)
-        return tied_logits(x, self.wte.embedding[...], self.config.vocab_size), None, aux
+        return tied_logits(x, self.output_embedding(), self.config.vocab_size), None, aux
 
     def features(self, tokens, state=None):
         """`forward` without the output head: (final hidden states [B, T, C], None, aux)."""
@@ -168,6 +168,10 @@ class PublishedModel(nnx.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x), None, {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}
+
+    def output_embedding(self):
+        """The output head's matrix [padded vocab, C]: the tied token embedding."""
+        return self.wte.embedding[...]
 
     def __call__(self, tokens):
         return self.forward(tokens)[0]

@@ -1,0 +1,30 @@
+"""RWKV-4 (BlinkDL's RWKV-LM; `transformers`' RwkvForCausalLM), for its pretrained checkpoints:
+run, sample at constant cost per token, fine-tune. Presets rwkv4 (= rwkv4-169m), rwkv4-430m, rwkv4-1b5."""
+
+from microrwkv_jax.decoding import generate_recurrent
+from microrwkv_jax.families.family import Family, HFCheckpointFormat, TorchCheckpointFormat
+from microrwkv_jax.families.rwkv4 import checkpoint_names
+from microrwkv_jax.families.rwkv4.flops import forward_flops_per_token
+from microrwkv_jax.families.rwkv4.model import RWKV4, check_config
+
+# The Pile models' tokenizer (GPT-NeoX-20B BPE) is not supported yet: sampling them says so.
+TOKENIZER = "gpt-neox-20b"
+_SIZES = {"rwkv4": (12, 768), "rwkv4-169m": (12, 768), "rwkv4-430m": (24, 1024), "rwkv4-1b5": (24, 2048)}
+PRESETS = {name: dict(n_layer=layers, n_embd=width, n_head=1, n_kv_head=1, mlp_ratio=4, vocab_size=50277,
+                      block_size=1024) for name, (layers, width) in _SIZES.items()}
+
+FAMILY = Family(
+    arch="rwkv4",
+    presets=PRESETS,
+    model_class=RWKV4,
+    check_config=check_config,
+    forward_flops_per_token=forward_flops_per_token,
+    recurrent=True,
+    generate=generate_recurrent,
+    describe=lambda config: "RWKV-4",
+    torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes_blinkdl,
+                                           read=checkpoint_names.read_blinkdl_checkpoint,
+                                           parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
+    hf_checkpoint=HFCheckpointFormat(model_type="rwkv", read=checkpoint_names.read_hf_checkpoint,
+                                     parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
+)
