@@ -18,7 +18,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output directory (default: the .pth path without its extension)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--keep_optimizer", action="store_true", help="also keep the torch optimizer state")
-    parser.add_argument("--tokenizer", default="gpt2", help="tokenizer recorded for sampling (default gpt2)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer recorded for sampling: byte, gpt2 or a "
+                        "tokenizer.json path (default: the family's, gpt2 for the published model)")
     args = parser.parse_args(argv)
     from microrwkv_jax.convert import convert_to_model_dir
     try:

@@ -4,6 +4,7 @@
     python sample.py --prompt "One day"                   # newest checkpoint of ./out
     python sample.py --ckpt out/ckpt-500 --prompt "Once"  # a converted checkpoint (or a .pth, or a run dir)
     python sample.py --model_name ckpt-500 --max_num_tokens 200   # the published generate.py's flags
+    python sample.py --ckpt RWKV-4-Pile-169M.pth --tokenizer 20B_tokenizer.json --prompt "One day"
 
 Causal models decode recurrently (constant time and memory per token); the published
 architecture is not causal and reruns its whole window for every token, as the original does.
@@ -30,6 +31,8 @@ def parse_args(argv):
     p.add_argument("--num_samples", type=int, default=1, help="samples decoded together as one batch")
     p.add_argument("--no_stop", action="store_true", help="do not stop at end-of-text")
     p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+    p.add_argument("--tokenizer", default=None,
+                   help="byte, gpt2 or a tokenizer.json path (default: the one the checkpoint records)")
     p.add_argument("--max_prompt_tokens", type=int, default=16384,
                    help="refuse longer prompts (a recurrent prefill takes time in proportion to them)")
     return p.parse_args(argv)
@@ -91,7 +94,7 @@ def run(args) -> int:
     from microrwkv_jax.loading import load_model_and_tokenizer
     from microrwkv_jax.sampling import generate
 
-    model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype)
+    model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype, tokenizer=args.tokenizer)
     try:
         prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     except UnicodeEncodeError as err:

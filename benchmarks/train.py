@@ -8,7 +8,7 @@ import numpy as np
 
 from benchmarks.common import FLAGS, emit, peak_memory, timed
 from microrwkv_jax.checkpoints import ParamCodec
-from microrwkv_jax.data.tokenizers import tokenizer_class
+from microrwkv_jax.data.tokenizers import tokenizer_vocab_size
 from microrwkv_jax.families import build_model, model_config_from, train_flops_per_token
 from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.training.steps import ShardedSteps
@@ -16,7 +16,7 @@ from microrwkv_jax.training.steps import ShardedSteps
 
 def run() -> None:
     cfg = FLAGS.config
-    vocab = tokenizer_class(cfg.tokenizer).vocab_size
+    vocab = tokenizer_vocab_size(cfg.tokenizer)
     with cfg.unlocked():
         if FLAGS.dtype != "auto":
             cfg.model.dtype = FLAGS.dtype

@@ -52,13 +52,22 @@ def _flatten_optimizer(optimizer: dict) -> dict:
     return flat
 
 
-def _state_dict_dtypes(state_dict: dict) -> str:
-    return "/".join(sorted({str(np.asarray(v).dtype) for v in state_dict.values()}))
+def _array_dtypes(ckpt: dict) -> str:
+    """The dtypes of the checkpoint's weights (its arrays outside the optimizer state)."""
+    dtypes, todo = set(), [v for k, v in ckpt.items() if k != "optimizer"]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, np.ndarray):
+            dtypes.add(str(value.dtype))
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+    return "/".join(sorted(dtypes))
 
 
 def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bool = False,
-                         tokenizer: str = "gpt2"):
-    """Convert `path` (.pth) into a model directory; returns (output path, summary lines)."""
+                         tokenizer: str | None = None):
+    """Convert `path` (.pth) into a model directory; returns (output path, summary lines). `tokenizer`
+    is recorded for sampling (default: the family's, e.g. gpt2 for the published model)."""
     path = pathlib.Path(path)
     out = pathlib.Path(out) if out is not None else path.with_suffix("")
     if out.resolve() == path.resolve():
@@ -71,6 +80,7 @@ def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bo
     optimizer = ckpt.get("optimizer") if keep_optimizer else None
     if keep_optimizer and not isinstance(optimizer, dict):
         raise ConversionError("--keep_optimizer: the checkpoint holds no optimizer state")
+    tokenizer = tokenizer or family.torch_checkpoint.default_tokenizer
     meta = {"model": config.to_dict(), "tokenizer": tokenizer, "source": str(path.resolve()),
             "iter_num": _scalar(ckpt.get("iter_num")),
             "best_val_loss": float(_scalar(ckpt["best_val_loss"])) if "best_val_loss" in ckpt else None,
@@ -85,18 +95,16 @@ def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bo
             {k: v for k, v in g.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
             for g in optimizer.get("param_groups", [])]
     written = save_model_dir(out, model, meta, force=force, extra=extra)
-    n_params = sum(int(np.prod(shape)) for _, shape, target, _ in family.torch_checkpoint.parameter_map(config)
-                   if target)
+    n_params = sum(int(np.prod(np.shape(v))) for v in flat.values())
     c = config
     summary = [
         f"converted {path} -> {written}",
         f"  model: {family.describe(c)}: n_layer={c.n_layer} n_embd={c.n_embd} n_head={c.n_head} "
         f"block_size={c.block_size} vocab_size={c.vocab_size}",
-        f"         num_experts={c.num_experts} num_active_experts={c.num_active_experts} "
-        f"expert_dim={c.expert_dim} bias={c.bias}",
-        f"  parameters: {n_params:,} (tied lm_head counted once)",
-        f"  dtype: {_state_dict_dtypes(ckpt['model'])} in the checkpoint -> float32 parameters",
+        f"  parameters: {n_params:,} (as stored: the vocabulary padded to a multiple of 64, a tied head once)",
+        f"  dtype: {_array_dtypes(ckpt)} in the checkpoint -> float32 parameters",
         f"  iter_num: {meta['iter_num']}  best_val_loss: {meta['best_val_loss']}",
         f"  optimizer state: {'kept (torch_optimizer/)' if optimizer is not None else 'dropped (--keep_optimizer keeps it)'}",
+        f"  tokenizer: {tokenizer or 'not recorded (pass --tokenizer when sampling)'}",
     ]
     return written, summary

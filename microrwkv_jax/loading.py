@@ -16,8 +16,8 @@ from microrwkv_jax.hf_checkpoint import is_hf_dir
 
 
 def load_params(path):
-    """(flat params, ModelConfig, tokenizer name) of a `.pth` file, a model dir or a run dir;
-    refuses parameters that are not all finite."""
+    """(flat params, ModelConfig, tokenizer name or None if the checkpoint does not say) of a `.pth`
+    file, a model dir, a Hugging Face dir or a run dir; refuses parameters that are not all finite."""
     flat, config, tokenizer_name = _read_params(pathlib.Path(path))
     for name, value in flat.items():
         if not np.all(np.isfinite(np.asarray(value, np.float32))):
@@ -34,7 +34,8 @@ def _read_params(path: pathlib.Path):
         return flat, config, meta.get("tokenizer", "gpt2")
     if is_hf_dir(path):
         config, flat, family = read_hf_model_dir(path)
-        return flat, config, family.hf_checkpoint.default_tokenizer
+        beside = path / "tokenizer.json"
+        return flat, config, str(beside) if beside.is_file() else family.hf_checkpoint.default_tokenizer
     if path.is_dir():                     # a training run directory: its newest checkpoint
         flat, meta = restore_run_params(path)
         return flat, config_from_dict(meta["model"]), meta.get("tokenizer", "gpt2")
@@ -56,9 +57,14 @@ def load_model_and_tokenizer_name(path, dtype: str | None = None):
     return model_from_flat_params(config, flat), config, tokenizer_name
 
 
-def load_model_and_tokenizer(path, dtype: str | None = None):
-    """(model, config, tokenizer) of any checkpoint `load_model` reads."""
+def load_model_and_tokenizer(path, dtype: str | None = None, tokenizer: str | None = None):
+    """(model, config, tokenizer) of any checkpoint `load_model` reads; `tokenizer` overrides the
+    one the checkpoint records (and is needed when it records none)."""
     model, config, tokenizer_name = load_model_and_tokenizer_name(path, dtype)
+    tokenizer_name = tokenizer or tokenizer_name
+    if tokenizer_name is None:
+        raise ValueError(f"{path}: the checkpoint does not say its tokenizer; name it (e.g. the model's "
+                         "tokenizer.json)")
     tokenizer = get_tokenizer(tokenizer_name)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{path}: the model's vocabulary ({config.vocab_size}) is smaller than its "

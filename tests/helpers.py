@@ -50,3 +50,18 @@ def flip_bytes(directory, count: int = 16) -> pathlib.Path:
     data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
     path.write_bytes(bytes(data))
     return path
+
+
+def make_tokenizer_json(path, vocab_size: int = 320) -> pathlib.Path:
+    """A small byte-level BPE `tokenizer.json` trained on built-in stories, with <|endoftext|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from microrwkv_jax.data.stories import generate_stories
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(generate_stories(200, 3)[0], trainer)
+    tokenizer.save(str(path))
+    return pathlib.Path(path)

@@ -134,6 +134,8 @@ def _fingerprint(dataset: str, data_cfg, tokenizer_name: str) -> str:
 
 def prepare_data(dataset: str, data_cfg, tokenizer, progress: bool = True) -> TokenData:
     """Tokenise the source once into `data_cfg.cache_dir` (reused on later runs)."""
+    if tokenizer.vocab_size > 2 ** 16:
+        raise ValueError(f"tokenizer {tokenizer.name}: {tokenizer.vocab_size} tokens do not fit the uint16 token files")
     key = _fingerprint(dataset, data_cfg, tokenizer.name)
     cache = pathlib.Path(data_cfg.cache_dir) / f"{tokenizer.name}-{key}"
     if not (cache / "info.json").is_file():

@@ -1,4 +1,6 @@
-"""Tokenizers: `byte` (UTF-8 bytes, no files) and `gpt2` (tiktoken's BPE, offline from its cache).
+"""Tokenizers: `byte` (UTF-8 bytes, no files), `gpt2` (tiktoken's BPE, offline from its cache) and
+any Hugging Face `tokenizer.json` given by path (e.g. GPT-NeoX-20B's, for the RWKV-4 Pile
+models), through the `tokenizers` library.
 
 `gpt2` is tiktoken's `r50k_base` encoding (the same ranks as `gpt2`). Offline, put its BPE
 file into a directory under the name tiktoken caches it by, and point TIKTOKEN_CACHE_DIR there;
@@ -10,7 +12,9 @@ or set MICRORWKV_GPT2_BPE to the file's path:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
 
 import numpy as np
 
@@ -60,19 +64,54 @@ class GPT2Tokenizer:
         return self.enc.decode([int(t) for t in tokens if 0 <= int(t) < self.eot_id])
 
 
+class JSONTokenizer:
+    """A Hugging Face `tokenizer.json`, by path. Its end-of-text is the `<|endoftext|>` token; its
+    name (which names data caches) carries a hash of the file, so an edited file is a new tokenizer."""
+
+    def __init__(self, path):
+        from tokenizers import Tokenizer
+        path = pathlib.Path(path)
+        try:
+            data = path.read_bytes()
+            self.tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as err:      # OSError, UnicodeDecodeError, the library's own parse errors
+            raise ValueError(f"tokenizer {path}: not a readable tokenizer.json ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120] if str(err) else ''})") from None
+        self.path, self.name = str(path), f"json-{hashlib.sha256(data).hexdigest()[:12]}"
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eot_id = self.tokenizer.token_to_id("<|endoftext|>")
+        if self.eot_id is None:
+            raise ValueError(f"tokenizer {path}: has no <|endoftext|> token to end documents with")
+
+    def encode(self, text: str) -> list:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, tokens) -> str:
+        return self.tokenizer.decode([int(t) for t in tokens if 0 <= int(t) < self.vocab_size and int(t) != self.eot_id])
+
+
 TOKENIZER_CLASSES = {"byte": ByteTokenizer, "gpt2": GPT2Tokenizer}
 TOKENIZERS = tuple(TOKENIZER_CLASSES)
 
 
+def is_tokenizer_file(name: str) -> bool:
+    return name.endswith(".json")
+
+
 def tokenizer_class(name: str) -> type:
-    """The tokenizer's class: its `vocab_size` and `eot_id` without loading any file."""
+    """A built-in tokenizer's class: its `vocab_size` and `eot_id` without loading any file."""
     if name not in TOKENIZER_CLASSES:
-        raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS}")
+        raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS} or a tokenizer.json path")
     return TOKENIZER_CLASSES[name]
 
 
+def tokenizer_vocab_size(name: str) -> int:
+    """The vocabulary of a tokenizer, loading only a tokenizer.json (never a download)."""
+    return JSONTokenizer(name).vocab_size if is_tokenizer_file(name) else tokenizer_class(name).vocab_size
+
+
 def get_tokenizer(name: str):
-    return tokenizer_class(name)()
+    return JSONTokenizer(name) if is_tokenizer_file(name) else tokenizer_class(name)()
 
 
 def encode_documents(tokenizer, texts, progress: bool = False, desc: str = "tokenizing"):

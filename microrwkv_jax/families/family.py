@@ -20,7 +20,7 @@ class TorchCheckpointFormat:
     recognizes: Callable[[dict], bool]                      # does this checkpoint dict hold one of ours?
     read: Callable[[dict], tuple]                           # checkpoint dict -> (ModelConfig, flat params)
     parameter_map: Callable[[ModelConfig], list]            # [(torch name, torch shape, our name, transform)]
-    default_tokenizer: str = "gpt2"
+    default_tokenizer: Optional[str] = "gpt2"               # None: the checkpoint does not say
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,7 @@ class HFCheckpointFormat:
     model_type: str                                         # config.json's "model_type"
     read: Callable[[dict, dict], tuple]                     # (config.json, state dict) -> (ModelConfig, flat params)
     parameter_map: Callable[[ModelConfig], list]            # [(state-dict name, shape, our name)]
-    default_tokenizer: str = "gpt2"
+    default_tokenizer: Optional[str] = "gpt2"               # without a tokenizer.json beside; None: unknown
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Run:
         configured = model_config_from(cfg.model, self.tokenizer.vocab_size, jax.default_backend())
         if cfg.init_from != "scratch":
             init_params, init_config, init_tokenizer = load_params(cfg.init_from)
-            if init_tokenizer != cfg.tokenizer:
+            if init_tokenizer is not None and init_tokenizer != cfg.tokenizer:
                 raise TrainingError(f"init_from={cfg.init_from!r} was trained with tokenizer {init_tokenizer!r}, "
                                     f"not {cfg.tokenizer!r}")
             self.model_config = init_config.replace(dtype=configured.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 
-from microrwkv_jax.data.tokenizers import TOKENIZERS, tokenizer_class
+from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokenizer_vocab_size
 from microrwkv_jax.families import model_config_from
 
 # Every key a run reads unconditionally (`distributed`, `keep_checkpoints`, `loss_chunk_elements`,
@@ -47,7 +47,8 @@ def validate_config(cfg) -> None:
         raise ValueError(f"init_from={cfg.init_from!r}: 'scratch' or a checkpoint path")
     if cfg.init_from != "scratch" and not os.path.exists(cfg.init_from):
         raise ValueError(f"init_from={cfg.init_from!r}: no such checkpoint")
-    if cfg.tokenizer not in TOKENIZERS:
-        raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected {' or '.join(map(repr, TOKENIZERS))}")
-    vocab_size = tokenizer_class(cfg.tokenizer).vocab_size
+    if cfg.tokenizer not in TOKENIZERS and not is_tokenizer_file(cfg.tokenizer):
+        raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected {', '.join(map(repr, TOKENIZERS))} "
+                         "or a tokenizer.json path")
+    vocab_size = tokenizer_vocab_size(cfg.tokenizer)
     model_config_from(cfg.model, vocab_size, backend="cpu")   # model errors surface now, before JAX starts

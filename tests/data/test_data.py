@@ -141,7 +141,7 @@ def test_gpt2_through_tiktoken_cache_dir(gpt2_bpe, tmp_path, monkeypatch):
 
 
 def test_unknown_tokenizer():
-    with pytest.raises(ValueError, match=r"^tokenizer: unknown tokenizer 'bpe'; expected one of \('byte', 'gpt2'\)$"):
+    with pytest.raises(ValueError, match=r"^tokenizer: unknown tokenizer 'bpe'; expected one of \('byte', 'gpt2'\) or a tokenizer.json path$"):
         get_tokenizer("bpe")
 
 
@@ -178,3 +178,19 @@ def test_tfds_array_record_source_without_tensorflow(tmp_path):
     texts, _ = stories.generate_stories(40, 0)
     assert data.info["train_tokens"] == sum(len(t.encode()) + 1 for t in texts)
     assert "tensorflow" not in sys.modules
+
+
+def test_a_tokenizer_json_by_path(tmp_path):
+    from microrwkv_jax.data.tokenizers import get_tokenizer, tokenizer_vocab_size
+    from tests.helpers import make_tokenizer_json
+    path = make_tokenizer_json(tmp_path / "tokenizer.json")
+    tok = get_tokenizer(str(path))
+    text = "Once upon a time, there was a small bunny named Lily."
+    ids = tok.encode(text)
+    assert len(ids) < len(text) and tok.decode(ids) == text
+    assert tok.vocab_size == tokenizer_vocab_size(str(path)) == 320 and tok.eot_id == 0
+    assert tok.decode(ids + [tok.eot_id]) == text
+    assert tok.name.startswith("json-") and tok.name == get_tokenizer(str(path)).name
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"^tokenizer .*broken.json: not a readable tokenizer.json"):
+        get_tokenizer(str(tmp_path / "broken.json"))

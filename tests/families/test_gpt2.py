@@ -99,7 +99,7 @@ def test_bad_checkpoints_are_refused_in_one_line(saved, tmp_path):
     with pytest.raises(ConversionError, match=r"activation_function='relu'; GPT-2 uses gelu_new"):
         load_model(bad)
     (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
-    with pytest.raises(ConversionError, match=r"model_type='bert'; expected one of \['gpt2'\]"):
+    with pytest.raises(ConversionError, match=r"model_type='bert'; expected one of \['gpt2', 'rwkv'\]"):
         load_model(bad)
     index = tmp_path / "escape"
     hf.save_pretrained(index, max_shard_size="20KB")

@@ -127,3 +127,25 @@ def test_a_partial_checkpoint_names_the_missing_tensor(saved, tmp_path):
     with pytest.raises(ConversionError) as err:
         load_model(tmp_path / "partial.pth")
     assert str(err.value) == "state dict does not match RWKV-4: missing: blocks.1.ffn.value.weight"
+
+
+def test_sample_cli_finds_the_tokenizer_beside_a_directory_and_asks_for_it_with_a_pth(tmp_path, capsys):
+    from tests.helpers import load_script, make_tokenizer_json
+    sample = load_script("sample.py").main
+    tokenizer = make_tokenizer_json(tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(**{**HF, "vocab_size": 320})).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_bytes(tokenizer.read_bytes())
+    args = ["--prompt", "Once upon a time", "--max_new_tokens", "4", "--temperature", "0", "--no_stop"]
+    assert sample(["--ckpt", str(tmp_path / "hf"), *args]) == 0
+    out_dir = capsys.readouterr().out
+    from microrwkv_jax.families.rwkv4.checkpoint_names import parameter_map, rwkv4_config
+    config = rwkv4_config(320, HF["hidden_size"], HF["num_hidden_layers"], HF["intermediate_size"])
+    sd = hf.state_dict()
+    torch.save({blink: sd[name] for name, blink, _, _, _ in parameter_map(config)}, tmp_path / "RWKV-4.pth")
+    assert sample(["--ckpt", str(tmp_path / "RWKV-4.pth"), *args]) == 1
+    assert capsys.readouterr().err == (f"sample.py: error: {tmp_path / 'RWKV-4.pth'}: the checkpoint does not say its "
+                                       "tokenizer; name it (e.g. the model's tokenizer.json)\n")
+    assert sample(["--ckpt", str(tmp_path / "RWKV-4.pth"), "--tokenizer", str(tokenizer), *args]) == 0
+    assert capsys.readouterr().out == out_dir and out_dir.startswith("Once upon a time")

@@ -197,7 +197,7 @@ def test_eval_only_reports_validation_loss(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--config.dataset=/nonexistent/*.txt"], "dataset: no files match '/nonexistent/*.txt'"),
-    (["--config.tokenizer=bpe"], "tokenizer='bpe': unknown tokenizer; expected 'byte' or 'gpt2'"),
+    (["--config.tokenizer=bpe"], "tokenizer='bpe': unknown tokenizer; expected 'byte', 'gpt2' or a tokenizer.json path"),
     (["--config.model.vocab_size=100"], "model.vocab_size=100: smaller than the tokenizer's vocabulary (257)"),
     (["--config.model.n_head=3"], "model.n_embd=32: must be divisible by n_head=3"),
     (["--config.batch_size=0"], "batch_size=0: must be a positive integer"),
@@ -337,3 +337,32 @@ def test_a_second_trainer_on_the_same_out_dir_is_refused_naming_the_first(tmp_pa
     # The OS released the dead run's lock: the next trainer resumes from its checkpoints.
     done = train_cli(out, "--config.model.family=rwkv", "--config.num_train_steps=6", "--config.checkpoint_every=1")
     assert "resumed from" in done.stderr
+
+
+@pytest.mark.parametrize("family", ["gpt2", "rwkv4"])
+def test_fine_tune_a_pretrained_family_then_evaluate_its_checkpoint_identically(tmp_path, family):
+    """A Hugging Face directory of each pretrained family, with its tokenizer.json: a few steps lower
+    the loss, and the saved checkpoint, reloaded, scores exactly the validation loss the run logged."""
+    transformers = pytest.importorskip("transformers", reason="transformers is the test extra")
+    import shutil
+    from tests.helpers import make_tokenizer_json
+    tokenizer = make_tokenizer_json(tmp_path / "tokenizer.json")
+    if family == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=320, n_positions=128, n_embd=32,
+                                                                  n_layer=2, n_head=4))
+    else:
+        hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2,
+                                                                  context_length=128, intermediate_size=128))
+    hf.save_pretrained(tmp_path / "pretrained")
+    shutil.copy(tokenizer, tmp_path / "pretrained" / "tokenizer.json")
+    out = tmp_path / "run"
+    flags = [f"--config.init_from={tmp_path / 'pretrained'}", f"--config.tokenizer={tmp_path / 'pretrained' / 'tokenizer.json'}"]
+    done = train_cli(out, *flags)
+    assert ("model: GPT-2" if family == "gpt2" else "model: RWKV-4") in done.stderr
+    train, val = metrics(out)
+    assert train[-1]["loss"] < train[0]["loss"]
+    params, meta = final_params(out)
+    assert meta["model"]["arch"] == family and meta["tokenizer"] == str(tmp_path / "pretrained" / "tokenizer.json")
+    train_cli(out, *flags, "--config.eval_only=True")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "eval_only" and records[-1]["val_loss"] == val[-1]["val_loss"]

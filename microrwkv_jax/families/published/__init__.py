@@ -19,7 +19,8 @@ FAMILY = Family(
     forward_flops_per_token=forward_flops_per_token,
     recurrent=False,
     generate=generate_by_reforward,
-    describe=lambda config: "published MicroRWKV (not causal)",
+    describe=lambda config: (f"published MicroRWKV (not causal; {config.num_active_experts} of {config.num_experts} "
+                             f"experts of width {config.expert_dim})"),
     torch_checkpoint=TorchCheckpointFormat(recognizes=torch_names.recognizes, read=torch_names.read_checkpoint,
                                            parameter_map=torch_names.published_parameter_map),
 )

@@ -7,8 +7,9 @@ from microrwkv_jax.families.rwkv4 import checkpoint_names
 from microrwkv_jax.families.rwkv4.flops import forward_flops_per_token
 from microrwkv_jax.families.rwkv4.model import RWKV4, check_config
 
-# The Pile models' tokenizer (GPT-NeoX-20B BPE) is not supported yet: sampling them says so.
-TOKENIZER = "gpt-neox-20b"
+# The Pile models use GPT-NeoX-20B's BPE (20B_tokenizer.json): a HF directory's tokenizer.json is
+# found beside it; for a BlinkDL .pth the user names it (sample.py --tokenizer, config.tokenizer).
+TOKENIZER = None
 _SIZES = {"rwkv4": (12, 768), "rwkv4-169m": (12, 768), "rwkv4-430m": (24, 1024), "rwkv4-1b5": (24, 2048)}
 PRESETS = {name: dict(n_layer=layers, n_embd=width, n_head=1, n_kv_head=1, mlp_ratio=4, vocab_size=50277,
                       block_size=1024) for name, (layers, width) in _SIZES.items()}
