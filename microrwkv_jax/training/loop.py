@@ -66,11 +66,15 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
             manager.close()
             raise TrainingError(f"eval_only: no checkpoint in {out / 'checkpoints'} and init_from='scratch'; "
                                 "nothing to evaluate")
+        started = time.perf_counter()
         val = run.evaluate()
-        record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor}
+        seconds, scored = time.perf_counter() - started, int(np.sum(run.val_targets >= 0))
+        record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor, "val_tokens": scored,
+                  "seconds": seconds}
         baselines = pipeline.ngram_baselines(run.data.train, run.val_inputs, run.val_targets, run.tokenizer.vocab_size)
         record.update({f"{k}_loss": v for k, v in baselines.items()})
-        say(f"eval: val_loss {val:.4f}" + (f"  floor {run.floor:.4f}" if run.floor is not None else "")
+        say(f"eval: val_loss {val:.4f} nats/token over {scored:,} tokens in {seconds:.1f} s"
+            + (f"  floor {run.floor:.4f}" if run.floor is not None else "")
             + f"  (unigram {baselines['unigram']:.4f}, bigram {baselines['bigram']:.4f})")
         log_line(metrics_path, {"event": "eval_only", **record})
         manager.close()

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from microrwkv_jax.checkpoints import CorruptCheckpointError, ParamCodec, tree_checksums, unreadable, verify_checksums
+from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
 from microrwkv_jax.families import build_model, model_config_from, train_flops_per_token
@@ -38,15 +39,15 @@ class Run:
         self.out_dir = pathlib.Path(cfg.out_dir)
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         init_params = None
-        configured = model_config_from(cfg.model, self.tokenizer.vocab_size, jax.default_backend())
-        if cfg.init_from != "scratch":
+        if cfg.init_from != "scratch":       # the checkpoint says what the model is; the config only its dtype
             init_params, init_config, init_tokenizer = load_params(cfg.init_from)
             if init_tokenizer is not None and init_tokenizer != cfg.tokenizer:
                 raise TrainingError(f"init_from={cfg.init_from!r} was trained with tokenizer {init_tokenizer!r}, "
                                     f"not {cfg.tokenizer!r}")
-            self.model_config = init_config.replace(dtype=configured.dtype)
+            self.model_config = init_config.replace(
+                dtype=resolve_dtype(cfg.model.get("dtype") or "auto", jax.default_backend()))
         else:
-            self.model_config = configured
+            self.model_config = model_config_from(cfg.model, self.tokenizer.vocab_size, jax.default_backend())
         if self.model_config.vocab_size < self.tokenizer.vocab_size:
             raise TrainingError(f"model vocab_size={self.model_config.vocab_size} does not fit the "
                                 f"{cfg.tokenizer!r} tokenizer's {self.tokenizer.vocab_size} tokens")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+from microrwkv_jax.config import DTYPES
 from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokenizer_vocab_size
 from microrwkv_jax.families import model_config_from
 
@@ -51,4 +52,7 @@ def validate_config(cfg) -> None:
         raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected {', '.join(map(repr, TOKENIZERS))} "
                          "or a tokenizer.json path")
     vocab_size = tokenizer_vocab_size(cfg.tokenizer)
-    model_config_from(cfg.model, vocab_size, backend="cpu")   # model errors surface now, before JAX starts
+    if cfg.init_from == "scratch":        # (from a checkpoint, the checkpoint says what the model is)
+        model_config_from(cfg.model, vocab_size, backend="cpu")   # model errors surface now, before JAX starts
+    elif cfg.model.get("dtype") not in (None, "auto", *DTYPES):
+        raise ValueError(f"model.dtype={cfg.model.dtype!r}: expected 'auto' or one of {DTYPES}")

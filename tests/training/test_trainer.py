@@ -366,3 +366,27 @@ def test_fine_tune_a_pretrained_family_then_evaluate_its_checkpoint_identically(
     train_cli(out, *flags, "--config.eval_only=True")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["event"] == "eval_only" and records[-1]["val_loss"] == val[-1]["val_loss"]
+
+
+@pytest.mark.parametrize("config", ["configs/eval_gpt2.py", "configs/eval_rwkv4.py"])
+def test_eval_configs_score_a_pretrained_checkpoint(tmp_path, config):
+    transformers = pytest.importorskip("transformers", reason="transformers is the test extra")
+    from tests.helpers import make_tokenizer_json
+    tokenizer = make_tokenizer_json(tmp_path / "tokenizer.json")
+    if "gpt2" in config:
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=320, n_positions=128, n_embd=32,
+                                                                  n_layer=2, n_head=4))
+    else:
+        hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2,
+                                                                  context_length=128, intermediate_size=128))
+    hf.save_pretrained(tmp_path / "pretrained")
+    if "gpt2" in config:      # a tokenizer.json beside the directory is the checkpoint's own (default: gpt2)
+        tokenizer = tokenizer.rename(tmp_path / "pretrained" / "tokenizer.json")
+    out = tmp_path / "eval"
+    done = train_cli(out, f"--config.init_from={tmp_path / 'pretrained'}", f"--config.tokenizer={tokenizer}",
+                     "--config.dataset=stories", "--config.eval_batches=2", config=config)
+    line = [l for l in done.stderr.splitlines() if l.startswith("eval: val_loss ")][0]
+    (record,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["event"] == "eval_only" and record["val_tokens"] > 0 and record["seconds"] > 0
+    assert f"val_loss {record['val_loss']:.4f} nats/token over {record['val_tokens']:,} tokens in " in line
+    assert abs(record["val_loss"] - np.log(320)) < 1.0      # a random model: about log(V)
