@@ -339,14 +339,11 @@ def test_a_second_trainer_on_the_same_out_dir_is_refused_naming_the_first(tmp_pa
     assert "resumed from" in done.stderr
 
 
-@pytest.mark.parametrize("family", ["gpt2", "rwkv4"])
-def test_fine_tune_a_pretrained_family_then_evaluate_its_checkpoint_identically(tmp_path, family):
-    """A Hugging Face directory of each pretrained family, with its tokenizer.json: a few steps lower
-    the loss, and the saved checkpoint, reloaded, scores exactly the validation loss the run logged."""
+def pretrained_directory(tmp_path, family):
+    """A small Hugging Face directory of `family` ("gpt2" or "rwkv4") with its tokenizer.json beside:
+    (the directory, the tokenizer.json)."""
     transformers = pytest.importorskip("transformers", reason="transformers is the test extra")
-    import shutil
     from tests.helpers import make_tokenizer_json
-    tokenizer = make_tokenizer_json(tmp_path / "tokenizer.json")
     if family == "gpt2":
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=320, n_positions=128, n_embd=32,
                                                                   n_layer=2, n_head=4))
@@ -354,37 +351,33 @@ def test_fine_tune_a_pretrained_family_then_evaluate_its_checkpoint_identically(
         hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2,
                                                                   context_length=128, intermediate_size=128))
     hf.save_pretrained(tmp_path / "pretrained")
-    shutil.copy(tokenizer, tmp_path / "pretrained" / "tokenizer.json")
+    return tmp_path / "pretrained", make_tokenizer_json(tmp_path / "pretrained" / "tokenizer.json")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "rwkv4"])
+def test_fine_tune_a_pretrained_family_then_evaluate_its_checkpoint_identically(tmp_path, family):
+    """A Hugging Face directory of each pretrained family, with its tokenizer.json: a few steps lower
+    the loss, and the saved checkpoint, reloaded, scores exactly the validation loss the run logged."""
+    pretrained, tokenizer = pretrained_directory(tmp_path, family)
     out = tmp_path / "run"
-    flags = [f"--config.init_from={tmp_path / 'pretrained'}", f"--config.tokenizer={tmp_path / 'pretrained' / 'tokenizer.json'}"]
+    flags = [f"--config.init_from={pretrained}", f"--config.tokenizer={tokenizer}"]
     done = train_cli(out, *flags)
     assert ("model: GPT-2" if family == "gpt2" else "model: RWKV-4") in done.stderr
     train, val = metrics(out)
     assert train[-1]["loss"] < train[0]["loss"]
     params, meta = final_params(out)
-    assert meta["model"]["arch"] == family and meta["tokenizer"] == str(tmp_path / "pretrained" / "tokenizer.json")
+    assert meta["model"]["arch"] == family and meta["tokenizer"] == str(tokenizer)
     train_cli(out, *flags, "--config.eval_only=True")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["event"] == "eval_only" and records[-1]["val_loss"] == val[-1]["val_loss"]
 
 
-@pytest.mark.parametrize("config", ["configs/eval_gpt2.py", "configs/eval_rwkv4.py"])
-def test_eval_configs_score_a_pretrained_checkpoint(tmp_path, config):
-    transformers = pytest.importorskip("transformers", reason="transformers is the test extra")
-    from tests.helpers import make_tokenizer_json
-    tokenizer = make_tokenizer_json(tmp_path / "tokenizer.json")
-    if "gpt2" in config:
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=320, n_positions=128, n_embd=32,
-                                                                  n_layer=2, n_head=4))
-    else:
-        hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2,
-                                                                  context_length=128, intermediate_size=128))
-    hf.save_pretrained(tmp_path / "pretrained")
-    if "gpt2" in config:      # a tokenizer.json beside the directory is the checkpoint's own (default: gpt2)
-        tokenizer = tokenizer.rename(tmp_path / "pretrained" / "tokenizer.json")
+@pytest.mark.parametrize("family", ["gpt2", "rwkv4"])
+def test_eval_configs_score_a_pretrained_checkpoint(tmp_path, family):
+    pretrained, tokenizer = pretrained_directory(tmp_path, family)
     out = tmp_path / "eval"
-    done = train_cli(out, f"--config.init_from={tmp_path / 'pretrained'}", f"--config.tokenizer={tokenizer}",
-                     "--config.dataset=stories", "--config.eval_batches=2", config=config)
+    done = train_cli(out, f"--config.init_from={pretrained}", f"--config.tokenizer={tokenizer}",
+                     "--config.dataset=stories", "--config.eval_batches=2", config=f"configs/eval_{family}.py")
     line = [l for l in done.stderr.splitlines() if l.startswith("eval: val_loss ")][0]
     (record,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["event"] == "eval_only" and record["val_tokens"] > 0 and record["seconds"] > 0
