@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """python convert_torch_ckpt.py out/ckpt-500.pth [--out DIR] [--force] [--keep_optimizer]
 
-Converts a published MicroRWKV PyTorch checkpoint into a model directory that
+Converts a PyTorch checkpoint (the published MicroRWKV's, BlinkDL's RWKV-4) or a Hugging Face
+directory (GPT-2, RWKV-4) into a model directory that
 `sample.py --ckpt DIR`, `train.py --config.init_from=DIR` and `microrwkv_jax.load_model` read,
 without importing torch.
 """
@@ -12,10 +13,11 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="convert_torch_ckpt.py",
-                                     description="Convert a published MicroRWKV PyTorch checkpoint (.pth) "
-                                                 "into an orbax model directory, without importing torch.")
-    parser.add_argument("checkpoint", help="the .pth file, e.g. out/ckpt-500.pth")
-    parser.add_argument("--out", help="output directory (default: the .pth path without its extension)")
+                                     description="Convert a PyTorch checkpoint (.pth) or a Hugging Face "
+                                                 "directory into an orbax model directory, without importing torch.")
+    parser.add_argument("checkpoint", help="the .pth file (e.g. out/ckpt-500.pth) or a Hugging Face directory")
+    parser.add_argument("--out", help="output directory (default: the .pth path without its extension, or "
+                                      "DIR-converted for a directory)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--keep_optimizer", action="store_true", help="also keep the torch optimizer state")
     parser.add_argument("--tokenizer", default=None, help="tokenizer recorded for sampling: byte, gpt2 or a "

@@ -2,7 +2,8 @@
 
 `load_torch_checkpoint` reads the file safely; the registry finds the family whose layout it
 has; that family's `torch_checkpoint.read` maps the state dict to (ModelConfig, parameters).
-`convert_torch_ckpt.py` is the command line over `convert_to_model_dir`.
+A Hugging Face directory goes through `read_hf_dir` and the family of its config.json's
+`model_type`. `convert_torch_ckpt.py` is the command line over `convert_to_model_dir`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from microrwkv_jax.checkpoints import check_replaceable, model_from_flat_params, save_model_dir
 from microrwkv_jax.families import FAMILIES, hf_checkpoint_family, torch_checkpoint_family
-from microrwkv_jax.hf_checkpoint import read_hf_dir
+from microrwkv_jax.hf_checkpoint import is_hf_dir, read_hf_dir
 from microrwkv_jax.torch_checkpoint import ConversionError, load_torch_checkpoint
 
 
@@ -66,21 +67,31 @@ def _array_dtypes(ckpt: dict) -> str:
 
 def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bool = False,
                          tokenizer: str | None = None):
-    """Convert `path` (.pth) into a model directory; returns (output path, summary lines). `tokenizer`
-    is recorded for sampling (default: the family's, e.g. gpt2 for the published model)."""
+    """Convert `path` (a .pth file or a Hugging Face directory) into a model directory; returns
+    (output path, summary lines). `tokenizer` is recorded for sampling (default: a tokenizer.json
+    beside a Hugging Face directory, else the family's, e.g. gpt2 for the published model)."""
     path = pathlib.Path(path)
-    out = pathlib.Path(out) if out is not None else path.with_suffix("")
+    hf = path.is_dir() and is_hf_dir(path)
+    out = pathlib.Path(out) if out is not None else (path.with_name(f"{path.name}-converted") if hf
+                                                     else path.with_suffix(""))
     if out.resolve() == path.resolve():
-        raise ConversionError(f"--out {out} is the input file itself")
-    if not path.is_file():
+        raise ConversionError(f"--out {out} is the input itself")
+    if not path.is_file() and not hf:
         raise FileNotFoundError(f"{path}: no such file")
     check_replaceable(out, force, keep=[path])
-    config, flat, ckpt, family = read_torch_file(path)
+    if hf:
+        config, flat, family = read_hf_model_dir(path)
+        ckpt, source_format = {}, family.hf_checkpoint
+        beside = path / "tokenizer.json"
+        tokenizer = tokenizer or (str(beside.resolve()) if beside.is_file() else None)
+    else:
+        config, flat, ckpt, family = read_torch_file(path)
+        source_format = family.torch_checkpoint
     model = model_from_flat_params(config, flat)
     optimizer = ckpt.get("optimizer") if keep_optimizer else None
     if keep_optimizer and not isinstance(optimizer, dict):
         raise ConversionError("--keep_optimizer: the checkpoint holds no optimizer state")
-    tokenizer = tokenizer or family.torch_checkpoint.default_tokenizer
+    tokenizer = tokenizer or source_format.default_tokenizer
     meta = {"model": config.to_dict(), "tokenizer": tokenizer, "source": str(path.resolve()),
             "iter_num": _scalar(ckpt.get("iter_num")),
             "best_val_loss": float(_scalar(ckpt["best_val_loss"])) if "best_val_loss" in ckpt else None,

@@ -135,3 +135,13 @@ def test_sample_cli_reads_a_hugging_face_directory_with_the_gpt2_tokenizer(tmp_p
     assert enc.encode_ordinary("One day") == prompt
     assert out == "One day" + enc.decode([int(t) for t in expected if t < 50256]) + "\n"
     assert "sample.py: 5 tokens generated" in err
+
+
+def test_convert_a_hugging_face_directory_to_a_model_directory(saved, tmp_path):
+    from tests.helpers import load_script
+    hf, path = saved
+    out = tmp_path / "converted"
+    assert load_script("convert_torch_ckpt.py").main([str(path), "--out", str(out)]) == 0
+    model, config = load_model(out)
+    idx = tokens(4, 2, 11)
+    assert config.arch == "gpt2" and rel_err(jax_logits(model, idx), hf_logits(hf, idx)) <= 1e-5
