@@ -34,6 +34,19 @@ class ConversionError(ValueError):
     """The checkpoint is readable but is not a model of a family that can convert it."""
 
 
+def check_state_dict(state_dict: dict, expected: dict, model: str) -> None:
+    """Refuse, in one line, a state dict whose names or shapes differ from `expected` {name: shape}."""
+    missing = [n for n in expected if n not in state_dict]
+    unexpected = sorted(n for n in state_dict if n not in expected)
+    misshaped = [f"{n} {tuple(np.shape(state_dict[n]))} (expected {expected[n]})"
+                 for n in expected if n in state_dict and tuple(np.shape(state_dict[n])) != expected[n]]
+    if missing or unexpected or misshaped:
+        parts = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''} ({len(items)})"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                 if items]
+        raise ConversionError(f"state dict does not match {model}: " + "; ".join(parts))
+
+
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,

@@ -126,7 +126,7 @@ def test_a_partial_checkpoint_names_the_missing_tensor(saved, tmp_path):
     torch.save(sd, tmp_path / "partial.pth")
     with pytest.raises(ConversionError) as err:
         load_model(tmp_path / "partial.pth")
-    assert str(err.value) == "state dict does not match RWKV-4: missing: blocks.1.ffn.value.weight"
+    assert str(err.value) == "state dict does not match RWKV-4: missing: blocks.1.ffn.value.weight (1)"
 
 
 def test_sample_cli_finds_the_tokenizer_beside_a_directory_and_asks_for_it_with_a_pth(tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.gpt2.model import check_config
-from microrwkv_jax.torch_checkpoint import ConversionError
+from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict
 
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")     # causal-mask buffers of older checkpoints
 
@@ -64,14 +64,7 @@ def read_checkpoint(hf_config: dict, state_dict: dict):
     table = parameter_map(config)
     expected = {name: shape for name, shape, _ in table}
     lm_head = names.pop("lm_head.weight", None)
-    missing = [n for n in expected if n not in names]
-    unexpected = sorted(set(names) - set(expected))
-    misshaped = [f"{n} {tuple(np.shape(names[n]))} (expected {expected[n]})"
-                 for n in expected if n in names and tuple(np.shape(names[n])) != expected[n]]
-    if missing or unexpected or misshaped:
-        parts = [f"{label}: {', '.join(items[:6])}" for label, items in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
-        raise ConversionError("state dict does not match GPT-2: " + "; ".join(parts))
+    check_state_dict(names, expected, "GPT-2")
     if lm_head is not None and not np.array_equal(np.asarray(lm_head, np.float32), np.asarray(names["wte.weight"], np.float32)):
         raise ConversionError("lm_head.weight differs from wte.weight: GPT-2's head is tied")
     flat = {ours: np.asarray(names[name], np.float32) for name, _, ours in table}

@@ -13,7 +13,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.published.model import GQA_GROUPS, check_config, expert_width
-from microrwkv_jax.torch_checkpoint import ConversionError
+from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict
 
 MODEL_ARGS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "num_experts",
               "num_active_experts", "expert_dim", "dim", "bias")
@@ -102,15 +102,7 @@ def params_from_state_dict(state_dict: dict, config: ModelConfig) -> dict:
     state_dict = strip_prefixes(state_dict)
     table = published_parameter_map(config)
     expected = {name: shape for name, shape, _, _ in table}
-    missing = [n for n in expected if n not in state_dict]
-    unexpected = sorted(n for n in state_dict if n not in expected)
-    misshaped = [f"{n} {tuple(np.shape(state_dict[n]))} (expected {expected[n]})"
-                 for n in expected if n in state_dict and tuple(np.shape(state_dict[n])) != expected[n]]
-    if missing or unexpected or misshaped:
-        parts = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''} ({len(items)})"
-                 for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                 if items]
-        raise ConversionError("state dict does not match the published MicroRWKV model: " + "; ".join(parts))
+    check_state_dict(state_dict, expected, "the published MicroRWKV model")
     flat, stacked = {}, {}
     for name, _, target, transform in table:
         if target is None:

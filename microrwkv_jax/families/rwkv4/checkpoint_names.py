@@ -11,7 +11,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.rwkv4.model import check_config
-from microrwkv_jax.torch_checkpoint import ConversionError
+from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict
 
 BLOCK_SIZE = 1024     # RWKV-4 has no positional limit; the training window BlinkDL's models used
 
@@ -62,14 +62,7 @@ def _params(config: ModelConfig, state_dict: dict, layout: int):
     """Check every name and shape of one layout (0: HF, 1: BlinkDL), then return our flat float32 dict."""
     table = parameter_map(config)
     expected = {entry[layout]: entry[2] for entry in table}
-    missing = [n for n in expected if n not in state_dict]
-    unexpected = sorted(n for n in state_dict if n not in expected)
-    misshaped = [f"{n} {tuple(np.shape(state_dict[n]))} (expected {expected[n]})"
-                 for n in expected if n in state_dict and tuple(np.shape(state_dict[n])) != expected[n]]
-    if missing or unexpected or misshaped:
-        parts = [f"{label}: {', '.join(items[:6])}" for label, items in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
-        raise ConversionError("state dict does not match RWKV-4: " + "; ".join(parts))
+    check_state_dict(state_dict, expected, "RWKV-4")
     flat = {}
     for entry in table:
         value = np.asarray(state_dict[entry[layout]]).astype(np.float32)
