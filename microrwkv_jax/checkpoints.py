@@ -270,8 +270,3 @@ def restore_run_params(run_dir, step: Optional[int] = None):
     if "checksums" in restored.meta:
         verify_checksums(params, restored.meta["checksums"]["params"], str(where / "params"))
     return params, restored.meta
-
-
-def read_run_meta(run_dir, step: Optional[int] = None) -> dict:
-    """The metadata (model config, tokenizer, step) of a run's checkpoint, without its arrays."""
-    return _restore_run_items(run_dir, step, meta=ocp.args.JsonRestore()).meta
