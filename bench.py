@@ -6,6 +6,7 @@
     python bench.py wkv [--shape 16,1024,8,64] [--chunks 16,32,64,128]
     python bench.py attention [--attention_shape 16,384,4,1,32] [--windows 64,global]
     python bench.py vs-torch [--size small|table]
+    python bench.py load [--load_preset rwkv4-1b5 | --checkpoint PATH]
 
 Every figure is printed with the device, JAX version, dtype and shapes; with --json each
 measurement is one JSON object per line. benchmarks/gpu.sh runs the GPU half in one go.
@@ -13,10 +14,10 @@ measurement is one JSON object per line. benchmarks/gpu.sh runs the GPU half in 
 
 from absl import app, logging
 
-from benchmarks import attention, generate, train, vs_torch, wkv   # benchmarks.common defines the flags
+from benchmarks import attention, generate, load, train, vs_torch, wkv   # benchmarks.common defines the flags
 
 COMMANDS = {"train": train.run, "generate": generate.run, "wkv": wkv.run, "attention": attention.run,
-            "vs-torch": vs_torch.run}
+            "vs-torch": vs_torch.run, "load": load.run}
 
 
 def main(argv):

@@ -31,6 +31,8 @@ def parse_args(argv):
     p.add_argument("--num_samples", type=int, default=1, help="samples decoded together as one batch")
     p.add_argument("--no_stop", action="store_true", help="do not stop at end-of-text")
     p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+    p.add_argument("--param_dtype", default="float32",
+                   help="the parameters' dtype (bfloat16: half the memory of float32; lossless for a bf16 checkpoint)")
     p.add_argument("--tokenizer", default=None,
                    help="byte, gpt2 or a tokenizer.json path (default: the one the checkpoint records)")
     p.add_argument("--max_prompt_tokens", type=int, default=16384,
@@ -83,6 +85,8 @@ def run(args) -> int:
         raise ValueError(f"--top_k={args.top_k}: must be >= 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top_p={args.top_p}: must be in (0, 1]")
+    if args.param_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--param_dtype={args.param_dtype}: expected float32, bfloat16 or float16")
     path = resolve_checkpoint(args)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint (train one with train.py, or pass --ckpt)")
@@ -91,10 +95,13 @@ def run(args) -> int:
     from absl import logging
     logging.set_verbosity(logging.ERROR)     # orbax warns about read-only directories
     from microrwkv_jax.families import get_family
-    from microrwkv_jax.loading import load_model_and_tokenizer
+    from microrwkv_jax.loading import load_model_and_tokenizer, use_lean_cpu_scheduler
+    if args.param_dtype != "float32":
+        use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used
     from microrwkv_jax.sampling import generate
 
-    model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype, tokenizer=args.tokenizer)
+    model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype, tokenizer=args.tokenizer,
+                                                        param_dtype=args.param_dtype)
     try:
         prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     except UnicodeEncodeError as err:

@@ -75,6 +75,9 @@ def main(argv):
     try:
         cfg = _CONFIG.value
         training.validate_config(cfg)
+        if (cfg.get("param_dtype") or "float32") != "float32":
+            from microrwkv_jax.loading import use_lean_cpu_scheduler
+            use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used
         training.initialize_distributed(cfg)
         training.train(cfg)
     except (ValueError, OSError, training.TrainingError) as err:

@@ -130,11 +130,37 @@ def flat_params(model) -> dict:
     return ParamCodec(model).flat(model)
 
 
-def model_from_flat_params(config: ModelConfig, flat: dict):
-    """Build a model of `config` whose parameters are `flat` (names and shapes must match exactly)."""
+def materialise_params(config: ModelConfig, params: dict, param_dtype: str = "float32", where: str = "checkpoint",
+                       codec: Optional[ParamCodec] = None) -> dict:
+    """The flat parameters of a model of `config` as `param_dtype` arrays on the default device.
+
+    `params` maps each name to an array or to a function of no arguments that reads one (a
+    converted checkpoint's `tensor_reader`s). They are taken out of `params` one at a time: read,
+    checked (shape, all values finite), cast and put on the device before the next is read, so
+    loading a checkpoint holds one copy of its weights in `param_dtype` plus one tensor in flight,
+    never the whole file and a converted copy of it. Raises ValueError naming the parameter."""
+    codec = codec or ParamCodec(abstract_model(config))
+    missing, unexpected = sorted(set(codec.names) - set(params)), sorted(set(params) - set(codec.names))
+    if missing or unexpected:
+        raise ValueError(f"{where}: parameters do not fit the model: missing {missing}, unexpected {unexpected}")
+    out = {}
+    for name in codec.names:
+        value = params.pop(name)
+        value = np.asarray(value() if callable(value) else value)
+        if value.shape != codec.shapes[name]:
+            raise ValueError(f"{where}: parameter {name}: shape {value.shape}, expected {codec.shapes[name]}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: parameter {name} holds non-finite values")
+        out[name] = jnp.asarray(value, param_dtype)
+        del value
+    return out
+
+
+def model_from_flat_params(config: ModelConfig, flat: dict, param_dtype: str = "float32"):
+    """Build a model of `config` whose parameters are `flat` (arrays or readers, see
+    `materialise_params`; names and shapes must match exactly). Takes the entries out of `flat`."""
     codec = ParamCodec(abstract_model(config))
-    codec.check(flat)
-    return codec.model({n: jnp.asarray(flat[n], jnp.float32) for n in codec.names})
+    return codec.model(materialise_params(config, flat, param_dtype, codec=codec))
 
 
 # --- Model directories -----------------------------------------------------------------------------

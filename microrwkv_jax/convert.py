@@ -1,7 +1,8 @@
 """PyTorch `.pth` checkpoints and Hugging Face model directories -> this project's models, without torch.
 
-`load_torch_checkpoint` reads the file safely; the registry finds the family whose layout it
-has; that family's `torch_checkpoint.read` maps the state dict to (ModelConfig, parameters).
+`open_torch_checkpoint` reads the file's structure safely (tensors are read later, one at a
+time); the registry finds the family whose layout it has; that family's `torch_checkpoint.read`
+maps the state dict to (ModelConfig, parameters as readers).
 A Hugging Face directory goes through `read_hf_dir` and the family of its config.json's
 `model_type`. `convert_torch_ckpt.py` is the command line over `convert_to_model_dir`.
 """
@@ -12,15 +13,16 @@ import pathlib
 
 import numpy as np
 
-from microrwkv_jax.checkpoints import check_replaceable, model_from_flat_params, save_model_dir
+from microrwkv_jax.checkpoints import check_replaceable, flat_params, model_from_flat_params, save_model_dir
 from microrwkv_jax.families import FAMILIES, hf_checkpoint_family, torch_checkpoint_family
 from microrwkv_jax.hf_checkpoint import is_hf_dir, read_hf_dir
-from microrwkv_jax.torch_checkpoint import ConversionError, load_torch_checkpoint
+from microrwkv_jax.torch_checkpoint import ConversionError, LazyTensor, open_torch_checkpoint, read_tensors
 
 
 def read_torch_file(path):
-    """Returns (ModelConfig, flat float32 parameters, the checkpoint dict, its Family) of a `.pth` file."""
-    ckpt = load_torch_checkpoint(path)
+    """Returns (ModelConfig, flat parameters as readers, the checkpoint dict with its tensors unread,
+    its Family) of a `.pth` file."""
+    ckpt = open_torch_checkpoint(path)
     family = torch_checkpoint_family(ckpt) if isinstance(ckpt, dict) else None
     if family is None:
         known = [arch for arch, f in FAMILIES.items() if f.torch_checkpoint is not None]
@@ -30,7 +32,7 @@ def read_torch_file(path):
 
 
 def read_hf_model_dir(path):
-    """Returns (ModelConfig, flat float32 parameters, its Family) of a Hugging Face model directory."""
+    """Returns (ModelConfig, flat parameters as readers, its Family) of a Hugging Face model directory."""
     hf_config, state_dict = read_hf_dir(path)
     family = hf_checkpoint_family(hf_config.get("model_type"))
     if family is None:
@@ -41,6 +43,7 @@ def read_hf_model_dir(path):
 
 
 def _scalar(value):
+    value = value.read() if isinstance(value, LazyTensor) else value
     return value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
 
 
@@ -49,7 +52,7 @@ def _flatten_optimizer(optimizer: dict) -> dict:
     flat = {}
     for param_id, slots in (optimizer.get("state") or {}).items():
         for name, value in slots.items():
-            flat[f"state/{param_id}/{name}"] = np.asarray(value)
+            flat[f"state/{param_id}/{name}"] = np.asarray(read_tensors(value))
     return flat
 
 
@@ -58,7 +61,7 @@ def _array_dtypes(ckpt: dict) -> str:
     dtypes, todo = set(), [v for k, v in ckpt.items() if k != "optimizer"]
     while todo:
         value = todo.pop()
-        if isinstance(value, np.ndarray):
+        if isinstance(value, (np.ndarray, LazyTensor)):
             dtypes.add(str(value.dtype))
         elif isinstance(value, dict):
             todo.extend(value.values())
@@ -106,7 +109,7 @@ def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bo
             {k: v for k, v in g.items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
             for g in optimizer.get("param_groups", [])]
     written = save_model_dir(out, model, meta, force=force, extra=extra)
-    n_params = sum(int(np.prod(np.shape(v))) for v in flat.values())
+    n_params = sum(int(np.prod(np.shape(v))) for v in flat_params(model).values())
     c = config
     summary = [
         f"converted {path} -> {written}",

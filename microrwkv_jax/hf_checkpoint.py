@@ -1,6 +1,7 @@
 """Read a Hugging Face model directory without torch: `config.json` and its weights, from
 `model.safetensors` (through the `safetensors` library) or `pytorch_model.bin` (through the safe
-torch reader), sharded ones through their `*.index.json`. The family named by config.json's
+torch reader), sharded ones through their `*.index.json`. Every tensor comes back as a
+`LazyTensor`, read only when the family's converter asks for it. The family named by config.json's
 `model_type` maps the state dict onto its parameters (`Family.hf_checkpoint`)."""
 
 from __future__ import annotations
@@ -8,12 +9,15 @@ from __future__ import annotations
 import json
 import pathlib
 
+import ml_dtypes
 import numpy as np
-import safetensors.flax
+import safetensors
 
-from microrwkv_jax.torch_checkpoint import CheckpointFormatError, load_torch_checkpoint
+from microrwkv_jax.torch_checkpoint import CheckpointFormatError, LazyTensor, open_torch_checkpoint
 
 CONFIG_FILE = "config.json"
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
+           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -22,21 +26,58 @@ def is_hf_dir(path) -> bool:
     return (path / CONFIG_FILE).is_file() and any((path / name).is_file() for name in WEIGHT_FILES)
 
 
+def _unreadable(path, err: BaseException) -> CheckpointFormatError:
+    text = str(err).splitlines()[0][:160] if str(err) else ""
+    return CheckpointFormatError(f"{path}: unreadable safetensors file ({type(err).__name__}: {text})")
+
+
+class SafetensorsTensor(LazyTensor):
+    """A tensor of a `.safetensors` file (whose header the library has checked); read on demand."""
+
+    def __init__(self, path: str, name: str, shape: tuple, dtype: np.dtype):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
+
+    def read(self) -> np.ndarray:
+        try:
+            with safetensors.safe_open(self.path, framework="numpy") as f:
+                value = f.get_tensor(self.name)
+        except Exception as err:     # the safetensors library raises its own error types
+            raise _unreadable(self.path, err) from None
+        if value.shape != self.shape or value.dtype != self.dtype:
+            raise CheckpointFormatError(f"{self.path}: {self.name} changed since the file was opened")
+        return value
+
+
+def _open_safetensors(path: pathlib.Path) -> dict:
+    """{name: SafetensorsTensor} of a `.safetensors` file: its header only is read (and checked by
+    the library against the file's size)."""
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as f:
+            state_dict = {}
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                dtype = _DTYPES.get(tensor.get_dtype())
+                if dtype is None:
+                    raise CheckpointFormatError(f"{path}: {name} has dtype {tensor.get_dtype()}, which is not supported")
+                state_dict[name] = SafetensorsTensor(str(path.absolute()), name, tuple(tensor.get_shape()), np.dtype(dtype))
+            return state_dict
+    except CheckpointFormatError:
+        raise
+    except Exception as err:     # the safetensors library raises its own error types
+        raise _unreadable(path, err) from None
+
+
 def _read_weight_file(path: pathlib.Path) -> dict:
     if path.suffix == ".safetensors":
-        try:
-            return {k: np.asarray(v) for k, v in safetensors.flax.load_file(str(path)).items()}
-        except Exception as err:     # the safetensors library raises its own error types
-            raise CheckpointFormatError(f"{path}: unreadable safetensors file ({type(err).__name__}: "
-                                        f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
-    state_dict = load_torch_checkpoint(path)
+        return _open_safetensors(path)
+    state_dict = open_torch_checkpoint(path)
     if not isinstance(state_dict, dict):
         raise CheckpointFormatError(f"{path}: holds no state dict")
     return state_dict
 
 
 def read_hf_dir(path):
-    """(config.json as a dict, the state dict {name: numpy array}) of a Hugging Face model directory."""
+    """(config.json as a dict, the state dict {name: LazyTensor}) of a Hugging Face model directory."""
     path = pathlib.Path(path)
     try:
         hf_config = json.loads((path / CONFIG_FILE).read_text())

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import pickle
 import zipfile
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -47,11 +49,61 @@ def check_state_dict(state_dict: dict, expected: dict, model: str) -> None:
         raise ConversionError(f"state dict does not match {model}: " + "; ".join(parts))
 
 
+def tensor_reader(tensor, transform=None, pad_rows: int = 0):
+    """A function of no arguments that reads `tensor` (a LazyTensor or an array) in its stored dtype,
+    applies `transform` and zero-pads its first axis by `pad_rows` rows: one parameter of a family's
+    converted checkpoint, read only when the loader gets to it (see `checkpoints.materialise_params`)."""
+    def read() -> np.ndarray:
+        value = np.asarray(tensor)
+        if transform is not None:
+            value = transform(value)
+        if pad_rows:
+            value = np.pad(value, ((0, pad_rows),) + ((0, 0),) * (value.ndim - 1))
+        return np.ascontiguousarray(value)
+    return read
+
+
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
+
+
+class LazyTensor:
+    """A tensor of a checkpoint file whose shape and dtype are known and checked, and whose values
+    are read only by `read()` (or `np.asarray`). Subclasses implement `read`."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.read()
+        return value if dtype is None else value.astype(dtype)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
+
+
+def read_tensors(value, depth: int = 0):
+    """`value` (a checkpoint's nested dicts, lists and tensors) with every LazyTensor read."""
+    if depth > 100:
+        raise CheckpointFormatError("checkpoint nested more than 100 levels deep")
+    if isinstance(value, LazyTensor):
+        return value.read()
+    if isinstance(value, dict):
+        items = [(k, read_tensors(v, depth + 1)) for k, v in value.items()]
+        return type(value)(items) if isinstance(value, collections.OrderedDict) else dict(items)
+    if isinstance(value, (list, tuple)):
+        return type(value)(read_tensors(v, depth + 1) for v in value)
+    return value
 
 
 class _StorageType:
@@ -63,12 +115,68 @@ class _StorageType:
 MAX_DEFLATE_RATIO = 1100
 
 
+class _Archive:
+    """The zip archive the storages of one checkpoint read from: opened on the first read and kept
+    open while any of its tensors lives (a file handle, not its contents)."""
+
+    def __init__(self, path: str):
+        self.path, self._zip = path, None
+
+    def read(self, member: str, expected: int) -> bytes:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.path)
+        if self._zip.getinfo(member).file_size != expected:
+            raise CheckpointFormatError(f"{self.path}: {member} changed size since it was opened")
+        return self._zip.read(member)
+
+    def __del__(self):
+        if self._zip is not None:
+            self._zip.close()
+
+
+class _Storage:
+    """A storage of the archive: its member, dtype and element count, already checked against the
+    archive's directory. `read()` reads the member."""
+
+    def __init__(self, archive: _Archive, member: str, dtype: np.dtype, numel: int):
+        self.archive, self.path, self.member, self.dtype, self.size = archive, archive.path, member, dtype, numel
+
+    def read(self) -> np.ndarray:
+        expected = self.size * self.dtype.itemsize
+        try:
+            raw = self.archive.read(self.member, expected)
+        except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+            raise CheckpointFormatError(f"{self.path}: cannot read {self.member} ({type(err).__name__}: {err})") from None
+        if len(raw) != expected:
+            raise CheckpointFormatError(f"{self.path}: {self.member} holds {len(raw)} bytes, expected {expected}")
+        return np.frombuffer(raw, dtype=self.dtype, count=self.size)
+
+
 class _TensorView:
     """A tensor as the pickle describes it: a view (offset, sizes, strides) of a storage. Nothing is
-    read through it until `_materialise` has checked it against its storage."""
+    read through it: `_check_view` turns it into a `TorchTensor` once it fits its storage."""
 
     def __init__(self, storage, storage_offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, storage_offset, size, stride
+
+
+class TorchTensor(LazyTensor):
+    """A tensor of a torch archive, its view checked to lie inside its storage; read on demand."""
+
+    def __init__(self, storage: _Storage, offset: int, shape: tuple, stride: tuple):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
+        self.dtype = storage.dtype
+
+    def read(self) -> np.ndarray:
+        if math.prod(self.shape) == 0:
+            return np.zeros(self.shape, self.dtype)
+        storage = self.storage.read()
+        if not self.shape:
+            return storage[self.offset].copy()
+        itemsize = storage.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(storage[self.offset:], shape=self.shape,
+                                               strides=tuple(s * itemsize for s in self.stride), writeable=False)
+        return np.ascontiguousarray(view)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -84,11 +192,11 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _materialise(view: _TensorView, name: str) -> np.ndarray:
-    """The array a view describes, after checking, in exact integer arithmetic, that every element it
-    reads lies inside its storage; refuses negative strides and views larger than their storage."""
+def _check_view(view: _TensorView, name: str) -> TorchTensor:
+    """The tensor a view describes, after checking, in exact integer arithmetic, that every element
+    it reads lies inside its storage; refuses negative strides and views larger than their storage."""
     storage, offset, size, stride = view.storage, view.offset, view.size, view.stride
-    if not isinstance(storage, np.ndarray):
+    if not isinstance(storage, _Storage):
         raise CheckpointFormatError(f"tensor {name}: its storage is not a storage")
     if not (_is_int(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
             and all(map(_is_int, size)) and all(map(_is_int, stride)) and len(size) == len(stride)):
@@ -98,31 +206,25 @@ def _materialise(view: _TensorView, name: str) -> np.ndarray:
     if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
         raise CheckpointFormatError(f"tensor {name}: negative offset, size or stride (offset {offset}, "
                                     f"size {tuple(size)}, stride {tuple(stride)})")
-    if numel == 0:
-        return np.zeros(tuple(size), storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))      # Python ints: no overflow
-    if last >= storage.size or numel > storage.size:
-        raise CheckpointFormatError(f"tensor {name}: view (offset {offset}, size {tuple(size)}, stride "
-                                    f"{tuple(stride)}) reaches outside its storage of {storage.size} elements")
-    if not size:
-        return storage[offset].copy()
-    itemsize = storage.dtype.itemsize
-    view_array = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                                 strides=tuple(s * itemsize for s in stride), writeable=False)
-    return np.ascontiguousarray(view_array)
+    if numel > 0:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))      # Python ints: no overflow
+        if last >= storage.size or numel > storage.size:
+            raise CheckpointFormatError(f"tensor {name}: view (offset {offset}, size {tuple(size)}, stride "
+                                        f"{tuple(stride)}) reaches outside its storage of {storage.size} elements")
+    return TorchTensor(storage, offset, tuple(size), tuple(stride))
 
 
-def _materialise_all(value, name: str = "", depth: int = 0):
-    """`value` with every tensor view checked and turned into an array, named by its path."""
+def _check_all(value, name: str = "", depth: int = 0):
+    """`value` with every tensor view checked and turned into a TorchTensor, named by its path."""
     if depth > 100:
         raise CheckpointFormatError(f"{name or 'checkpoint'}: nested more than 100 levels deep")
     if isinstance(value, _TensorView):
-        return _materialise(value, name or "<root>")
+        return _check_view(value, name or "<root>")
     if isinstance(value, dict):
-        items = [(k, _materialise_all(v, f"{name}/{k}" if name else str(k), depth + 1)) for k, v in value.items()]
+        items = [(k, _check_all(v, f"{name}/{k}" if name else str(k), depth + 1)) for k, v in value.items()]
         return type(value)(items) if isinstance(value, collections.OrderedDict) else dict(items)
     if isinstance(value, (list, tuple)):
-        items = [_materialise_all(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
+        items = [_check_all(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
         return type(value)(items)
     return value
 
@@ -136,9 +238,10 @@ ADMITTED = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, file, path: str, archive: zipfile.ZipFile, prefix: str):
         super().__init__(file)
         self.archive, self.prefix, self.storages = archive, prefix, {}
+        self.reader = _Archive(path)          # what the tensors read from, later
 
     def find_class(self, module, name):
         try:
@@ -166,10 +269,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
                 raise CheckpointFormatError(f"storage {key}: {info.compress_size} compressed bytes cannot hold "
                                             f"the {info.file_size} it declares")
-            raw = self.archive.read(member)
-            if len(raw) != expected:
-                raise CheckpointFormatError(f"storage {key} holds {len(raw)} bytes, expected {expected}")
-            self.storages[key] = np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
+            self.storages[key] = _Storage(self.reader, member, storage_type.dtype, numel)
         return self.storages[key]
 
 
@@ -178,6 +278,12 @@ def load_torch_checkpoint(path) -> dict:
 
     Raises CheckpointFormatError (FileNotFoundError for a missing file) with a one-line message.
     """
+    return read_tensors(open_torch_checkpoint(path))
+
+
+def open_torch_checkpoint(path) -> dict:
+    """Read a `torch.save` zip archive's structure: plain Python values, with each tensor a
+    `TorchTensor` (checked against its storage; read on demand). Errors as `load_torch_checkpoint`."""
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -194,7 +300,7 @@ def load_torch_checkpoint(path) -> dict:
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
         try:
             with archive.open(pickles[0]) as f:
-                return _materialise_all(_RestrictedUnpickler(f, archive, prefix).load())
+                return _check_all(_RestrictedUnpickler(f, os.path.abspath(path), archive, prefix).load())
         except UnsafeCheckpointError:
             raise
         except CheckpointFormatError as err:       # name the file, once

@@ -53,3 +53,16 @@ def test_vs_torch_reports_speedup():
     assert [r["what"] for r in rows] == ["forward", "train_step", "head_gemms"]
     assert rows[1]["model_gflop"] > 0 and rows[2]["jax_gflop_per_s"] > 0
     assert all(r["speedup"] > 0 for r in rows)
+
+
+def test_load_reports_peak_memory_of_every_way(tmp_path):
+    pytest.importorskip("torch", reason="torch is the test extra: pip install -e '.[test]'")
+    from benchmarks.load import write_blinkdl_checkpoint
+    path = tmp_path / "rwkv4-tiny.pth"
+    write_blinkdl_checkpoint(path, "rwkv4", n_layer=1, n_embd=64, vocab_size=97)
+    rows = bench("load", "--checkpoint", str(path))
+    assert [r["way"] for r in rows] == ["ours-bfloat16", "ours-float32", "whole-file", "torch.load"]
+    assert all(r["file_bytes"] == path.stat().st_size and r["load_peak_bytes"] > 0 for r in rows)
+    assert [r["param_bytes"] for r in rows[:3]] == [rows[1]["param_bytes"] // 2, rows[1]["param_bytes"],
+                                                     rows[1]["param_bytes"]]
+    assert all(r["logits_finite"] for r in rows[:3])

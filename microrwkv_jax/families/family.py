@@ -3,6 +3,11 @@
 The registry (`microrwkv_jax.families`) maps each `ModelConfig.arch` to one `Family`. The
 trainer, the sampler, checkpoint loading, conversion and the benchmarks ask it, never the
 family's modules directly, so a new family is one subpackage plus one line in the registry.
+
+A checkpoint format's `read` gets the checkpoint with its tensors unread (`LazyTensor`s), checks
+every name and shape, and returns the parameters as readers: {our flat name: a function of no
+arguments returning the array} (`torch_checkpoint.tensor_reader`), which the loader calls one at a
+time (`checkpoints.materialise_params`), so that a checkpoint is never in memory twice.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ class TorchCheckpointFormat:
     """How a family's PyTorch `.pth` checkpoints map onto its parameters (names, shapes, config)."""
 
     recognizes: Callable[[dict], bool]                      # does this checkpoint dict hold one of ours?
-    read: Callable[[dict], tuple]                           # checkpoint dict -> (ModelConfig, flat params)
+    read: Callable[[dict], tuple]                           # checkpoint dict -> (ModelConfig, {name: reader})
     parameter_map: Callable[[ModelConfig], list]            # [(torch name, torch shape, our name, transform)]
     default_tokenizer: Optional[str] = "gpt2"               # None: the checkpoint does not say
 
@@ -28,7 +33,7 @@ class HFCheckpointFormat:
     """How a family's Hugging Face model directories (config.json + weights) map onto its parameters."""
 
     model_type: str                                         # config.json's "model_type"
-    read: Callable[[dict, dict], tuple]                     # (config.json, state dict) -> (ModelConfig, flat params)
+    read: Callable[[dict, dict], tuple]                     # (config.json, state dict) -> (ModelConfig, {name: reader})
     parameter_map: Callable[[ModelConfig], list]            # [(state-dict name, shape, our name)]
     default_tokenizer: Optional[str] = "gpt2"               # without a tokenizer.json beside; None: unknown
 

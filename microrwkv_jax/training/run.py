@@ -11,7 +11,6 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -20,7 +19,7 @@ from microrwkv_jax.checkpoints import CorruptCheckpointError, ParamCodec, tree_c
 from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
-from microrwkv_jax.families import build_model, model_config_from, train_flops_per_token
+from microrwkv_jax.families import abstract_model, build_model, model_config_from, train_flops_per_token
 from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.loading import load_params
 from microrwkv_jax.training.distributed import process_rows
@@ -40,7 +39,7 @@ class Run:
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         init_params = None
         if cfg.init_from != "scratch":       # the checkpoint says what the model is; the config only its dtype
-            init_params, init_config, init_tokenizer = load_params(cfg.init_from)
+            init_params, init_config, init_tokenizer = load_params(cfg.init_from, cfg.get("param_dtype") or "float32")
             if init_tokenizer is not None and init_tokenizer != cfg.tokenizer:
                 raise TrainingError(f"init_from={cfg.init_from!r} was trained with tokenizer {init_tokenizer!r}, "
                                     f"not {cfg.tokenizer!r}")
@@ -65,19 +64,24 @@ class Run:
         scored = int(np.sum(self.val_targets >= 0))
         self.floor = pipeline.floor_for_documents(self.data.info, used, scored)
 
-        # Model, parameters, optimizer; everything replicated over a 1-D data-parallel mesh.
-        model = build_model(self.model_config, seed=cfg.seed)
-        self.codec = ParamCodec(model)
-        if init_params is not None:
-            self.codec.check(init_params)
-            model = self.codec.model({k: jnp.asarray(v, jnp.float32) for k, v in init_params.items()})
+        # Model, parameters, optimizer; everything replicated over a 1-D data-parallel mesh. From a
+        # checkpoint the model is never initialised: its parameters are the checkpoint's, loaded once.
+        if init_params is None:
+            model = build_model(self.model_config, seed=cfg.seed)
+            self.codec = ParamCodec(model)
+            init_params = self.codec.flat(model)
+            del model
+        else:
+            self.codec = ParamCodec(abstract_model(self.model_config))
         if cfg.batch_size % jax.device_count():
             raise TrainingError(f"batch_size={cfg.batch_size} is not divisible by the {jax.device_count()} devices")
         if (cfg.batch_size // cfg.grad_accum_steps) % jax.device_count():
             raise TrainingError(f"batch_size / grad_accum_steps = {cfg.batch_size // cfg.grad_accum_steps} is not "
                                 f"divisible by the {jax.device_count()} devices")
         self.steps = ShardedSteps(self.codec, cfg)
-        self.params, self.opt_state = self.steps.init(self.codec.flat(model))
+        # An evaluation has no optimizer state (for a 7B model it would be twice the weights again).
+        self.params, self.opt_state = self.steps.init(init_params, with_optimizer=not cfg.eval_only)
+        del init_params
         # Compiled now, ahead of the first step, so that a step too large for the device is refused
         # in one line instead of failing in the middle of an allocation (an evaluation needs none).
         self.train_step = None
@@ -133,11 +137,11 @@ class Run:
         where = self.out_dir / "checkpoints" / str(step)
         abstract = lambda tree: jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.steps.replicated), tree)
+        items = {"params": ocp.args.StandardRestore(abstract(self.params)), "meta": ocp.args.JsonRestore()}
+        if self.opt_state is not None:       # an evaluation restores the parameters only
+            items["opt_state"] = ocp.args.StandardRestore(abstract(self.opt_state))
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract(self.params)),
-                opt_state=ocp.args.StandardRestore(abstract(self.opt_state)),
-                meta=ocp.args.JsonRestore()))
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
             raise unreadable(where, err) from None
         if restored.meta["model"] != self.model_config.to_dict():
@@ -145,8 +149,11 @@ class Run:
                                 "use another out_dir or the same config")
         if "checksums" in restored.meta:
             verify_checksums(restored.params, restored.meta["checksums"]["params"], str(where / "params"))
-            verify_checksums(restored.opt_state, restored.meta["checksums"]["opt_state"], str(where / "opt_state"))
-        self.params, self.opt_state = restored.params, restored.opt_state
+            if self.opt_state is not None:
+                verify_checksums(restored.opt_state, restored.meta["checksums"]["opt_state"], str(where / "opt_state"))
+        self.params = restored.params
+        if self.opt_state is not None:
+            self.opt_state = restored.opt_state
         self.step = int(restored.meta["step"])
 
     def resume(self, manager, say) -> Optional[int]:

@@ -114,7 +114,9 @@ class ShardedSteps:
         batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=self.batch_sharding)
         return self.train_step.lower(params, opt_state, batch).compile()
 
-    def init(self, flat_params: dict):
-        """(params, opt_state) on the mesh, from flat parameters."""
+    def init(self, flat_params: dict, with_optimizer: bool = True):
+        """(params, opt_state) on the mesh, from flat parameters; opt_state is None without the optimizer."""
         params = jax.device_put(flat_params, self.replicated)
+        if not with_optimizer:
+            return params, None
         return params, jax.jit(self.optimizer.init, out_shardings=self.replicated)(params)

@@ -15,7 +15,7 @@ from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokeniz
 from microrwkv_jax.families import model_config_from
 
 # Every key a run reads unconditionally (`distributed`, `keep_checkpoints`, `loss_chunk_elements`,
-# `max_train_minutes` and `peak_flops` are optional).
+# `max_train_minutes`, `param_dtype` and `peak_flops` are optional).
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
                  "eval_every", "eval_batches", "log_every", "checkpoint_every", "learning_rate", "min_learning_rate",
                  "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "moe_aux_weight", "tokenizer",
@@ -56,3 +56,9 @@ def validate_config(cfg) -> None:
         model_config_from(cfg.model, vocab_size, backend="cpu")   # model errors surface now, before JAX starts
     elif cfg.model.get("dtype") not in (None, "auto", *DTYPES):
         raise ValueError(f"model.dtype={cfg.model.dtype!r}: expected 'auto' or one of {DTYPES}")
+    param_dtype = cfg.get("param_dtype") or "float32"
+    if param_dtype not in DTYPES:
+        raise ValueError(f"param_dtype={param_dtype!r}: expected one of {DTYPES}")
+    if param_dtype != "float32" and not (cfg.eval_only and cfg.init_from != "scratch"):
+        raise ValueError(f"param_dtype={param_dtype!r}: only an evaluation of a checkpoint (eval_only=True, init_from "
+                         "set) keeps lower-precision parameters; training keeps them float32")

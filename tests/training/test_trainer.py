@@ -383,3 +383,33 @@ def test_eval_configs_score_a_pretrained_checkpoint(tmp_path, family):
     assert record["event"] == "eval_only" and record["val_tokens"] > 0 and record["seconds"] > 0
     assert f"val_loss {record['val_loss']:.4f} nats/token over {record['val_tokens']:,} tokens in " in line
     assert abs(record["val_loss"] - np.log(320)) < 1.0      # a random model: about log(V)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "rwkv4"])
+def test_a_bf16_checkpoint_evaluates_alike_in_bf16_parameters(tmp_path, family):
+    """param_dtype=bfloat16 keeps a bf16 checkpoint's values as they are (half the memory of float32):
+    its validation loss is the one float32 parameters give."""
+    torch = pytest.importorskip("torch", reason="torch is the test extra")
+    transformers = pytest.importorskip("transformers", reason="transformers is the test extra")
+    pretrained, tokenizer = pretrained_directory(tmp_path, family)
+    cls = transformers.GPT2LMHeadModel if family == "gpt2" else transformers.RwkvForCausalLM
+    cls.from_pretrained(pretrained).to(torch.bfloat16).save_pretrained(pretrained)
+    losses = {}
+    for param_dtype in ("float32", "bfloat16"):
+        out = tmp_path / param_dtype
+        train_cli(out, f"--config.init_from={pretrained}", f"--config.tokenizer={tokenizer}", "--config.dataset=stories",
+                  "--config.eval_batches=2", f"--config.param_dtype={param_dtype}", config=f"configs/eval_{family}.py")
+        (record,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[param_dtype] = record["val_loss"]
+    assert abs(losses["bfloat16"] - losses["float32"]) <= 1e-5 * losses["float32"]
+
+
+def test_lower_precision_parameters_are_refused_for_training(tmp_path):
+    out = tmp_path / "run"
+    done = train_cli(out, "--config.eval_only=False", "--config.param_dtype=bfloat16", f"--config.init_from={tmp_path}",
+                     config="configs/eval_gpt2.py", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "train.py: error: param_dtype='bfloat16': only an evaluation of a checkpoint (eval_only=True, init_from set) "
+        "keeps lower-precision parameters; training keeps them float32")
+    assert not out.exists()

@@ -8,7 +8,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.gpt2.model import check_config
-from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict
+from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")     # causal-mask buffers of older checkpoints
 
@@ -54,7 +54,8 @@ def parameter_map(config: ModelConfig):
 
 
 def read_checkpoint(hf_config: dict, state_dict: dict):
-    """(ModelConfig, flat float32 parameters) of a GPT2LMHeadModel state dict, every name and shape checked."""
+    """(ModelConfig, flat parameters as readers {our name: () -> array}) of a GPT2LMHeadModel state
+    dict, every name and shape checked."""
     config = config_from_hf(hf_config)
     names = {}
     for name, value in state_dict.items():
@@ -67,7 +68,6 @@ def read_checkpoint(hf_config: dict, state_dict: dict):
     check_state_dict(names, expected, "GPT-2")
     if lm_head is not None and not np.array_equal(np.asarray(lm_head, np.float32), np.asarray(names["wte.weight"], np.float32)):
         raise ConversionError("lm_head.weight differs from wte.weight: GPT-2's head is tied")
-    flat = {ours: np.asarray(names[name], np.float32) for name, _, ours in table}
     pad = config.padded_vocab_size - config.vocab_size
-    flat["wte/embedding"] = np.pad(flat["wte/embedding"], ((0, pad), (0, 0)))
-    return config, flat
+    return config, {ours: tensor_reader(names[name], pad_rows=pad if ours == "wte/embedding" else 0)
+                    for name, _, ours in table}

@@ -78,7 +78,9 @@ class GPT2(nnx.Module):
                              "(GPT-2 has learned positions)")
         start = 0 if state is None else state["pos"]
         positions = start + jnp.arange(t)
-        x = (self.wte.embedding[...][tokens] + self.wpe.embedding[...][positions]).astype(jnp.dtype(self.config.dtype))
+        # Summed in float32 whatever the parameters' dtype, then cast to the compute dtype.
+        x = self.wte.embedding[...][tokens].astype(jnp.float32) + self.wpe.embedding[...][positions].astype(jnp.float32)
+        x = x.astype(jnp.dtype(self.config.dtype))
         new_blocks = []
         for i, block in enumerate(self.blocks):
             x, block_state = block(x, start=start, state=None if state is None else state["blocks"][i])

@@ -13,7 +13,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.published.model import GQA_GROUPS, check_config, expert_width
-from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict
+from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
 MODEL_ARGS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "num_experts",
               "num_active_experts", "expert_dim", "dim", "bias")
@@ -98,24 +98,19 @@ def strip_prefixes(state_dict: dict) -> dict:
 
 
 def params_from_state_dict(state_dict: dict, config: ModelConfig) -> dict:
-    """Check every name and shape, then return our flat float32 parameter dict."""
+    """Check every name and shape, then return our flat parameters as readers {our name: () -> array}."""
     state_dict = strip_prefixes(state_dict)
     table = published_parameter_map(config)
     expected = {name: shape for name, shape, _, _ in table}
     check_state_dict(state_dict, expected, "the published MicroRWKV model")
     flat, stacked = {}, {}
     for name, _, target, transform in table:
-        if target is None:
-            continue
-        value = np.asarray(state_dict[name]).astype(np.float32)
-        if transform is not None:
-            value = transform(value)
-        if isinstance(target, tuple):
-            stacked.setdefault(target[0], {})[target[1]] = value
-        else:
-            flat[target] = np.ascontiguousarray(value)
+        if isinstance(target, tuple):         # one expert of a stack [E, ...]
+            stacked.setdefault(target[0], {})[target[1]] = tensor_reader(state_dict[name], transform)
+        elif target is not None:
+            flat[target] = tensor_reader(state_dict[name], transform)
     for target, rows in stacked.items():
-        flat[target] = np.stack([rows[j] for j in sorted(rows)])
+        flat[target] = lambda rows=rows: np.stack([rows[j]() for j in sorted(rows)])
     return flat
 
 
@@ -125,6 +120,6 @@ def recognizes(ckpt: dict) -> bool:
 
 
 def read_checkpoint(ckpt: dict):
-    """(ModelConfig, flat float32 parameters) of a published checkpoint dict, every name and shape checked."""
+    """(ModelConfig, flat parameters as readers) of a published checkpoint dict, every name and shape checked."""
     config = config_from_model_args(ckpt.get("model_args"))
     return config, params_from_state_dict(ckpt["model"], config)

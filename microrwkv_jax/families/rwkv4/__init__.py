@@ -1,5 +1,6 @@
 """RWKV-4 (BlinkDL's RWKV-LM; `transformers`' RwkvForCausalLM), for its pretrained checkpoints:
-run, sample at constant cost per token, fine-tune. Presets rwkv4 (= rwkv4-169m), rwkv4-430m, rwkv4-1b5."""
+run, sample at constant cost per token, fine-tune. Presets rwkv4 (= rwkv4-169m), rwkv4-430m, rwkv4-1b5,
+rwkv4-3b, rwkv4-7b, rwkv4-14b: the Pile models' sizes."""
 
 from microrwkv_jax.decoding import generate_recurrent
 from microrwkv_jax.families.family import Family, HFCheckpointFormat, TorchCheckpointFormat
@@ -10,7 +11,8 @@ from microrwkv_jax.families.rwkv4.model import RWKV4, check_config
 # The Pile models use GPT-NeoX-20B's BPE (20B_tokenizer.json): a HF directory's tokenizer.json is
 # found beside it; for a BlinkDL .pth the user names it (sample.py --tokenizer, config.tokenizer).
 TOKENIZER = None
-_SIZES = {"rwkv4": (12, 768), "rwkv4-169m": (12, 768), "rwkv4-430m": (24, 1024), "rwkv4-1b5": (24, 2048)}
+_SIZES = {"rwkv4": (12, 768), "rwkv4-169m": (12, 768), "rwkv4-430m": (24, 1024), "rwkv4-1b5": (24, 2048),
+          "rwkv4-3b": (32, 2560), "rwkv4-7b": (32, 4096), "rwkv4-14b": (40, 5120)}
 PRESETS = {name: dict(n_layer=layers, n_embd=width, n_head=1, n_kv_head=1, mlp_ratio=4, vocab_size=50277,
                       block_size=1024) for name, (layers, width) in _SIZES.items()}
 

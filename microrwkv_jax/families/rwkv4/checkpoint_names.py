@@ -11,7 +11,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.rwkv4.model import check_config
-from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict
+from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
 BLOCK_SIZE = 1024     # RWKV-4 has no positional limit; the training window BlinkDL's models used
 
@@ -59,17 +59,15 @@ def parameter_map(config: ModelConfig):
 
 
 def _params(config: ModelConfig, state_dict: dict, layout: int):
-    """Check every name and shape of one layout (0: HF, 1: BlinkDL), then return our flat float32 dict."""
+    """Check every name and shape of one layout (0: HF, 1: BlinkDL), then return our flat
+    parameters as readers ({our name: () -> array}, see `tensor_reader`)."""
     table = parameter_map(config)
     expected = {entry[layout]: entry[2] for entry in table}
     check_state_dict(state_dict, expected, "RWKV-4")
-    flat = {}
-    for entry in table:
-        value = np.asarray(state_dict[entry[layout]]).astype(np.float32)
-        flat[entry[3]] = np.ascontiguousarray(entry[4](value) if entry[4] is not None else value)
-    pad = ((0, config.padded_vocab_size - config.vocab_size), (0, 0))
-    flat["emb/embedding"], flat["head"] = np.pad(flat["emb/embedding"], pad), np.pad(flat["head"], pad)
-    return flat
+    padded = {"emb/embedding", "head"}          # the vocabulary, padded to a multiple of 64 rows
+    pad = config.padded_vocab_size - config.vocab_size
+    return {ours: tensor_reader(state_dict[names[layout]], transform, pad if ours in padded else 0)
+            for *names, _, ours, transform in table}
 
 
 def read_hf_checkpoint(hf_config: dict, state_dict: dict):

@@ -52,7 +52,7 @@ class TimeMix(nnx.Module):
         k = self.key(_mix(x, xx, self.time_mix_k[...]))
         v = self.value(_mix(x, xx, self.time_mix_v[...]))
         r = nnx.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r[...])))
-        w, u = -jnp.exp(self.time_decay[...]), self.time_first[...]
+        w, u = -jnp.exp(self.time_decay[...].astype(jnp.float32)), self.time_first[...].astype(jnp.float32)
         if x.shape[1] == 1:
             y, wkv = wkv4_step(k[:, 0], v[:, 0], w, u, state["wkv"])
             y = y[:, None]
