@@ -2,22 +2,25 @@
 """Benchmarks, measured the same way every time (the code is in benchmarks/, one module each).
 
     python bench.py train --config configs/tinystories.py [--config.model.family=rwkv] [--steps 10]
-    python bench.py generate [--size table|small] [--contexts 16,64,...] [--out bench_out]
+    python bench.py generate [--size table|small] [--contexts 16,64,...] [--families gpt2,rwkv4] [--out bench_out]
+    python bench.py eval [--size table|small] [--families gpt2,rwkv4] [--eval_shape 1,1024]
     python bench.py wkv [--shape 16,1024,8,64] [--chunks 16,32,64,128]
     python bench.py attention [--attention_shape 16,384,4,1,32] [--windows 64,global]
     python bench.py vs-torch [--size small|table]
     python bench.py load [--load_preset rwkv4-1b5 | --checkpoint PATH]
 
 Every figure is printed with the device, JAX version, dtype and shapes; with --json each
-measurement is one JSON object per line. benchmarks/gpu.sh runs the GPU half in one go.
+measurement is one JSON object per line. For gpt2 and rwkv4, generate and eval time `transformers`'
+GPT-2 and RWKV with the same weights in the same run (when it is installed). benchmarks/gpu.sh
+runs the GPU half in one go.
 """
 
 from absl import app, logging
 
-from benchmarks import attention, generate, load, train, vs_torch, wkv   # benchmarks.common defines the flags
+from benchmarks import attention, evaluate, generate, load, train, vs_torch, wkv   # benchmarks.common defines the flags
 
-COMMANDS = {"train": train.run, "generate": generate.run, "wkv": wkv.run, "attention": attention.run,
-            "vs-torch": vs_torch.run, "load": load.run}
+COMMANDS = {"train": train.run, "generate": generate.run, "eval": evaluate.run, "wkv": wkv.run,
+            "attention": attention.run, "vs-torch": vs_torch.run, "load": load.run}
 
 
 def main(argv):

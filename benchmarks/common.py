@@ -27,7 +27,7 @@ flags.DEFINE_integer("repeats", 5, "timed repeats (wkv, vs-torch)")
 flags.DEFINE_string("size", "small", "generate / vs-torch model size: 'table' (8x768, the published table), "
                     "'small' (4x256) or 'tiny'")
 flags.DEFINE_string("contexts", "16,64,256,1024,4096,16384", "generate: contexts to measure")
-flags.DEFINE_string("families", "hybrid,rwkv,gpt,published", "generate: model families")
+flags.DEFINE_string("families", "hybrid,rwkv,gpt,published,gpt2,rwkv4", "generate, eval: model families")
 flags.DEFINE_string("out", "bench_out", "generate: directory for the JSON and the PNG")
 flags.DEFINE_string("shape", "16,1024,8,64", "wkv: B,T,H,N")
 flags.DEFINE_string("chunks", "16,32,64,128", "wkv: chunk sizes")

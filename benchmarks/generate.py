@@ -1,5 +1,7 @@
 """bench.py generate: decoding ms/token at batch 1 for each family and context, its state size,
-and a figure (latency, cumulative time, state memory against context)."""
+and a figure (latency, cumulative time, state memory against context). For gpt2 and rwkv4, when
+`transformers` is installed, its GPT-2 (key/value cache) and RWKV (recurrent state) decode with
+the same weights in the same run: `transformers_ms_per_token` beside ours."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import transformers_peers
 from benchmarks.common import FLAGS, compute_dtype, emit, environment, model_size, timed
 from microrwkv_jax import decoding, sampling
 from microrwkv_jax.families import PRESETS, build_model, model_config
@@ -24,6 +27,10 @@ def family_config(preset: str, size: str):
         return model_config("hybrid", gqa_window=256, **common)
     if preset == "gpt":
         return model_config("gpt", n_kv_head=common["n_head"], **common)
+    if preset == "gpt2":
+        return model_config("gpt2", **{**common, "n_kv_head": common["n_head"]})
+    if preset == "rwkv4":      # no heads; the Pile models' vocabulary
+        return model_config("rwkv4", **{**common, "n_head": 1, "n_kv_head": 1, "vocab_size": 50277})
     return model_config(preset, **common)
 
 
@@ -33,20 +40,19 @@ def state_bytes(state) -> int:
 
 
 def recurrent_ms_per_token(model, context: int, block: int) -> tuple:
-    """ms per token of `decoding.decode_block` from a state at position `context`, and the state's bytes.
+    """ms per token of greedy `decoding.decode_block` (`block` tokens) from a state at position `context`,
+    and the state's bytes.
 
-    The per-token cost depends on the state's shapes and position, not its contents: start from a
-    state placed at `context` instead of prefilling `context` tokens."""
+    The per-token cost depends on the state's shapes and position, not its contents: every run
+    starts from the same state, placed at `context`, instead of prefilling `context` tokens."""
     graphdef, params = nnx.split(model)
-    state = model.init_state(1, decoding.cache_capacity(context + block * (FLAGS.steps + FLAGS.warmup + 1)))
+    state = model.init_state(1, decoding.cache_capacity(context + block))
     state["pos"] = jnp.asarray(context, jnp.int32)
     logits = jnp.zeros((1, model.config.vocab_size), jnp.float32)
     done = jnp.zeros((1,), bool)
-    carry = [state]
 
     def fn():
-        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], logits, done, block,
-                                                       1.0, None, None, 0, -1)
+        tokens, _, _, _ = decoding.decode_block(graphdef, params, state, logits, done, block, 0.0, None, None, 0, -1)
         tokens.block_until_ready()
 
     return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, state_bytes(state)
@@ -67,8 +73,14 @@ def run() -> None:
     results = []
     for preset in FLAGS.families.split(","):
         config = family_config(preset, FLAGS.size)
-        model = build_model(config)
+        peer = None
+        if preset in transformers_peers.PEER_FAMILIES and transformers_peers.available():
+            peer, model = transformers_peers.same_weights(config)     # the peer in the same run
+        else:
+            model = build_model(config)
         for context in contexts:
+            if preset == "gpt2" and context + block > config.block_size:
+                continue          # GPT-2's learned positions end at block_size (n_positions)
             if PRESETS[preset][0].recurrent:
                 ms, mem = recurrent_ms_per_token(model, context, block)
             else:
@@ -76,6 +88,12 @@ def run() -> None:
             record = {"bench": "generate", "family": preset, "size": FLAGS.size, "dtype": config.dtype,
                       "n_layer": config.n_layer, "n_embd": config.n_embd, "batch": 1, "context": context,
                       "ms_per_token": ms, "state_bytes": mem}
+            if peer is not None:
+                import torch
+                record.update(transformers_ms_per_token=transformers_peers.decode_ms_per_token(
+                    peer, context, block, FLAGS.warmup, max(2, FLAGS.steps // 2)),
+                    torch=torch.__version__, torch_threads=torch.get_num_threads())
+                record["speedup_vs_transformers"] = record["transformers_ms_per_token"] / ms
             emit(record)
             results.append({**environment(), **record})
     out = pathlib.Path(FLAGS.out)

@@ -122,12 +122,17 @@ class _Archive:
     def __init__(self, path: str):
         self.path, self._zip = path, None
 
-    def read(self, member: str, expected: int) -> bytes:
+    def read(self, member: str, expected: int, start: int, length: int) -> bytes:
+        """`length` bytes from `start` of `member`, whose size must still be `expected`."""
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.path)
         if self._zip.getinfo(member).file_size != expected:
             raise CheckpointFormatError(f"{self.path}: {member} changed size since it was opened")
-        return self._zip.read(member)
+        if start == 0 and length == expected:
+            return self._zip.read(member)          # whole: its CRC is checked too
+        with self._zip.open(member) as f:
+            f.seek(start)
+            return f.read(length)
 
     def __del__(self):
         if self._zip is not None:
@@ -141,15 +146,17 @@ class _Storage:
     def __init__(self, archive: _Archive, member: str, dtype: np.dtype, numel: int):
         self.archive, self.path, self.member, self.dtype, self.size = archive, archive.path, member, dtype, numel
 
-    def read(self) -> np.ndarray:
-        expected = self.size * self.dtype.itemsize
+    def read(self, first: int, count: int) -> np.ndarray:
+        """Elements [first, first + count) of the storage: only the bytes a tensor's view spans are
+        read, so many tensors viewing one large storage never read it whole, each."""
+        itemsize, expected = self.dtype.itemsize, self.size * self.dtype.itemsize
         try:
-            raw = self.archive.read(self.member, expected)
+            raw = self.archive.read(self.member, expected, first * itemsize, count * itemsize)
         except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as err:
             raise CheckpointFormatError(f"{self.path}: cannot read {self.member} ({type(err).__name__}: {err})") from None
-        if len(raw) != expected:
-            raise CheckpointFormatError(f"{self.path}: {self.member} holds {len(raw)} bytes, expected {expected}")
-        return np.frombuffer(raw, dtype=self.dtype, count=self.size)
+        if len(raw) != count * itemsize:
+            raise CheckpointFormatError(f"{self.path}: {self.member} is shorter than the {expected} bytes it declares")
+        return np.frombuffer(raw, dtype=self.dtype, count=count)
 
 
 class _TensorView:
@@ -170,11 +177,12 @@ class TorchTensor(LazyTensor):
     def read(self) -> np.ndarray:
         if math.prod(self.shape) == 0:
             return np.zeros(self.shape, self.dtype)
-        storage = self.storage.read()
+        span = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride))   # checked inside the storage
+        elements = self.storage.read(self.offset, span)
         if not self.shape:
-            return storage[self.offset].copy()
-        itemsize = storage.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(storage[self.offset:], shape=self.shape,
+            return elements[0].copy()
+        itemsize = elements.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(elements, shape=self.shape,
                                                strides=tuple(s * itemsize for s in self.stride), writeable=False)
         return np.ascontiguousarray(view)
 

@@ -121,3 +121,21 @@ def test_cli_refuses_an_out_of_bounds_view_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"convert_torch_ckpt.py: error: {path}: tensor model/w: view") and err.count("\n") == 1
     assert not (tmp_path / "oob").exists()
+
+
+def test_tensors_viewing_one_storage_read_only_their_own_span(tmp_path, monkeypatch):
+    from microrwkv_jax import torch_checkpoint
+    path = tmp_path / "shared.pth"
+    write_pth(path, {"a": ("0", 4096, 10, (2, 3), (4, 1)), "b": ("0", 4096, 4000, (5,), (1,))},
+              {"0": float_storage(4096)})
+    spans, read = [], torch_checkpoint._Archive.read
+    monkeypatch.setattr(torch_checkpoint._Archive, "read",
+                        lambda self, member, expected, start, length: spans.append((start, length))
+                        or read(self, member, expected, start, length))
+    ours = load_torch_checkpoint(path)["model"]
+    np.testing.assert_array_equal(ours["a"], [[10, 11, 12], [14, 15, 16]])
+    np.testing.assert_array_equal(ours["b"], [4000, 4001, 4002, 4003, 4004])
+    assert sorted(spans) == [(40, 28), (16000, 20)]          # bytes: (offset * 4, span * 4)
+    ref = torch.load(path, weights_only=True)["model"]
+    np.testing.assert_array_equal(ours["a"], ref["a"].numpy())
+    np.testing.assert_array_equal(ours["b"], ref["b"].numpy())

@@ -1,0 +1,90 @@
+"""`transformers`' GPT-2 and RWKV with the weights of our gpt2 / rwkv4 models, the peers that
+`bench.py generate` and `bench.py eval` time in the same run. The weights go the way a user's
+would: the Hugging Face model is saved as a directory and our model loaded from it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+PEER_FAMILIES = ("gpt2", "rwkv4")
+
+
+def available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def hf_model(config):
+    """A randomly initialised `transformers` model of our config's sizes, in eval mode."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    if config.arch == "gpt2":
+        hf_config = transformers.GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
+                                            n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head)
+        return transformers.GPT2LMHeadModel(hf_config).eval()
+    hf_config = transformers.RwkvConfig(vocab_size=config.vocab_size, hidden_size=config.n_embd,
+                                        num_hidden_layers=config.n_layer, context_length=config.block_size,
+                                        intermediate_size=config.mlp_ratio * config.n_embd)
+    return transformers.RwkvForCausalLM(hf_config).eval()
+
+
+def same_weights(config):
+    """(transformers model, our model with the same weights, loaded from its saved directory)."""
+    from microrwkv_jax.loading import load_model
+    hf = hf_model(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model, _ = load_model(tmp, dtype=config.dtype)
+    return hf, model
+
+
+def decode_ms_per_token(hf, context: int, block: int, warmup: int, repeats: int) -> float:
+    """ms per token of greedy one-token steps with `transformers`' cache (GPT-2: the key/value cache
+    of `context` tokens; RWKV: its recurrent state after them), batch 1, median of `repeats`."""
+    import torch
+    prompt = torch.as_tensor(np.random.default_rng(0).integers(0, hf.config.vocab_size, (1, context)))
+    rwkv = hf.config.model_type == "rwkv"
+    with torch.no_grad():
+        prefilled = hf(prompt, use_cache=True)
+        saved = prefilled.state if rwkv else prefilled.past_key_values
+        first = prefilled.logits[:, -1:].argmax(-1)
+
+        def run():
+            # RWKV updates its state in place and GPT-2 grows its cache: start each run from the prefill.
+            cache = [s.clone() for s in saved] if rwkv else saved
+            token = first
+            started = time.perf_counter()
+            for _ in range(block):
+                out = hf(token, state=cache, use_cache=True) if rwkv else hf(token, past_key_values=cache, use_cache=True)
+                cache = out.state if rwkv else out.past_key_values
+                token = out.logits[:, -1:].argmax(-1)
+            elapsed = time.perf_counter() - started
+            if not rwkv:
+                cache.crop(-block)          # back to the prefilled `context` tokens
+            return elapsed
+
+        for _ in range(warmup):
+            run()
+        return float(np.median([run() for _ in range(repeats)])) * 1e3 / block
+
+
+def forward_seconds(hf, tokens: np.ndarray, warmup: int, repeats: int) -> float:
+    """Median seconds of `transformers`' forward pass (logits, no cache) over tokens [B, T]."""
+    import torch
+    x = torch.as_tensor(tokens)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            started = time.perf_counter()
+            hf(x, use_cache=False)
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    return float(np.median(times))
