@@ -4,6 +4,7 @@ would: the Hugging Face model is saved as a directory and our model loaded from 
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 
@@ -13,12 +14,7 @@ PEER_FAMILIES = ("gpt2", "rwkv4")
 
 
 def available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
 def hf_model(config):

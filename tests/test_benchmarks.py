@@ -66,3 +66,16 @@ def test_load_reports_peak_memory_of_every_way(tmp_path):
     assert [r["param_bytes"] for r in rows[:3]] == [rows[1]["param_bytes"] // 2, rows[1]["param_bytes"],
                                                      rows[1]["param_bytes"]]
     assert all(r["logits_finite"] for r in rows[:3])
+
+
+def test_generate_and_eval_time_transformers_beside_gpt2_and_rwkv4(tmp_path):
+    pytest.importorskip("transformers", reason="transformers is the test extra: pip install -e '.[test]'")
+    rows = bench("generate", "--size", "tiny", "--contexts", "16,200", "--families", "gpt2,rwkv4", "--steps", "1",
+                 "--warmup", "0", "--out", str(tmp_path))
+    # GPT-2 stops at its learned positions (block_size 128 at this size): no row for context 200.
+    assert [(r["family"], r["context"]) for r in rows] == [("gpt2", 16), ("rwkv4", 16), ("rwkv4", 200)]
+    assert all(r["transformers_ms_per_token"] > 0 and r["speedup_vs_transformers"] > 0 for r in rows)
+    rows = bench("eval", "--size", "tiny", "--families", "gpt2,rwkv4", "--eval_shape", "2,64", "--repeats", "1",
+                 "--warmup", "0")
+    assert [(r["family"], r["batch"], r["seq_len"]) for r in rows] == [("gpt2", 2, 64), ("rwkv4", 2, 64)]
+    assert all(r["tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 for r in rows)
