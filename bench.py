@@ -8,6 +8,7 @@
     python bench.py attention [--attention_shape 16,384,4,1,32] [--windows 64,global]
     python bench.py vs-torch [--size small|table]
     python bench.py load [--load_preset rwkv4-1b5 | --checkpoint PATH]
+    python bench.py profile-decode [--size table] [--families rwkv,gpt] [--contexts 1024]
 
 Every figure is printed with the device, JAX version, dtype and shapes; with --json each
 measurement is one JSON object per line. For gpt2 and rwkv4, generate and eval time `transformers`'
@@ -17,14 +18,19 @@ runs the GPU half in one go.
 
 from absl import app, logging
 
-from benchmarks import attention, evaluate, generate, load, train, vs_torch, wkv   # benchmarks.common defines the flags
+from benchmarks import attention, evaluate, generate, load, profile_decode, train, vs_torch, wkv
+from benchmarks.common import FLAGS     # (defines the flags)
 
 COMMANDS = {"train": train.run, "generate": generate.run, "eval": evaluate.run, "wkv": wkv.run,
-            "attention": attention.run, "vs-torch": vs_torch.run, "load": load.run}
+            "attention": attention.run, "vs-torch": vs_torch.run, "load": load.run,
+            "profile-decode": profile_decode.run}
 
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.param_dtype != "float32":
+        from microrwkv_jax.loading import use_lean_cpu_scheduler
+        use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: bench.py {{{'|'.join(COMMANDS)}}} [flags]")
     COMMANDS[argv[1]]()

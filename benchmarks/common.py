@@ -29,6 +29,10 @@ flags.DEFINE_string("size", "small", "generate / vs-torch model size: 'table' (8
 flags.DEFINE_string("contexts", "16,64,256,1024,4096,16384", "generate: contexts to measure")
 flags.DEFINE_string("families", "hybrid,rwkv,gpt,published,gpt2,rwkv4", "generate, eval: model families")
 flags.DEFINE_string("out", "bench_out", "generate: directory for the JSON and the PNG")
+flags.DEFINE_string("batches", "1", "generate: streams decoded together, measured at --batch_context")
+flags.DEFINE_integer("batch_context", 256, "generate: the context at which --batches are measured")
+flags.DEFINE_string("param_dtype", "float32", "generate: the weights' dtype (bfloat16: bf16 storage, "
+                    "float32 compute and WKV state)")
 flags.DEFINE_string("shape", "16,1024,8,64", "wkv: B,T,H,N")
 flags.DEFINE_string("chunks", "16,32,64,128", "wkv: chunk sizes")
 flags.DEFINE_string("attention_shape", "16,384,4,1,32", "attention: B,T,Hq,Hkv,N (the tiny config's GQA)")

@@ -1,7 +1,11 @@
-"""bench.py generate: decoding ms/token at batch 1 for each family and context, its state size,
-and a figure (latency, cumulative time, state memory against context). For gpt2 and rwkv4, when
-`transformers` is installed, its GPT-2 (key/value cache) and RWKV (recurrent state) decode with
-the same weights in the same run: `transformers_ms_per_token` beside ours."""
+"""bench.py generate: decoding ms/token at batch 1 for each family and context, beside its floor
+(the bytes a token must read -- weights and the filled part of the caches -- at the bandwidth a
+large float32 matrix-vector product reaches in the same run), its state size, and a figure
+(latency, cumulative time, state memory against context). At --batch_context, also tokens/s at
+each of --batches streams. For gpt2 and rwkv4, when `transformers` is installed, its GPT-2
+(key/value cache) and RWKV (recurrent state) decode with the same weights in the same run
+(`transformers_ms_per_token` beside ours). --param_dtype bfloat16 decodes with bf16 weights and
+reports their logits' deviation from float32."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import json
 import pathlib
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -39,23 +44,53 @@ def state_bytes(state) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
-def recurrent_ms_per_token(model, context: int, block: int) -> tuple:
-    """ms per token of greedy `decoding.decode_block` (`block` tokens) from a state at position `context`,
-    and the state's bytes.
+def recurrent_ms_per_token(model, context: int, block: int, batch: int = 1) -> tuple:
+    """ms per decoding step (one token for each of `batch` streams) of greedy `decoding.decode_block`
+    (`block` steps) from a state at position `context`, and the state's bytes.
 
     The per-token cost depends on the state's shapes and position, not its contents: every run
     starts from the same state, placed at `context`, instead of prefilling `context` tokens."""
     graphdef, params = nnx.split(model)
-    state = model.init_state(1, decoding.cache_capacity(context + block))
+    state = model.init_state(batch, decoding.cache_capacity(context + block))
     state["pos"] = jnp.asarray(context, jnp.int32)
-    logits = jnp.zeros((1, model.config.vocab_size), jnp.float32)
-    done = jnp.zeros((1,), bool)
+    logits = jnp.zeros((batch, model.config.vocab_size), jnp.float32)
+    done = jnp.zeros((batch,), bool)
 
     def fn():
         tokens, _, _, _ = decoding.decode_block(graphdef, params, state, logits, done, block, 0.0, None, None, 0, -1)
         tokens.block_until_ready()
 
     return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, state_bytes(state)
+
+
+def matvec_bytes_per_s() -> float:
+    """The read bandwidth a large float32 matrix-vector product reaches here: [1, 4096] @ [4096,
+    16384] (256 MiB), the rate decoding at batch 1 can at best stream its weights at."""
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((4096, 16384), np.float32))
+    x = jnp.ones((1, 4096), jnp.float32)
+    matvec = jax.jit(lambda x, w: x @ w)
+    return w.nbytes / timed(lambda: matvec(x, w).block_until_ready(), 2, 9)
+
+
+def bytes_read_per_token(model, state, context: int) -> int:
+    """What one decoding step at batch 1 must read: every parameter, except that an input-only
+    embedding table (not the output head) gives one row; and the decoding state, of whose
+    attention caches only the filled slots (min(context + 1, slots)) are read."""
+    output = model.output_embedding()
+    total = 0
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param):
+            total += node[...].nbytes
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Embed) and node.embedding[...] is not output:
+            table = node.embedding[...]
+            total -= table.nbytes - table.nbytes // table.shape[0]
+    for leaf in jax.tree.leaves(state):
+        if leaf.ndim == 4:                 # a [B, Hkv, slots, N] key or value cache
+            total += leaf.nbytes * min(context + 1, leaf.shape[2]) // leaf.shape[2]
+        else:
+            total += leaf.nbytes
+    return total
 
 
 def reforward_ms_per_token(model, context: int, tokens_per_run: int = 4) -> float:
@@ -67,10 +102,29 @@ def reforward_ms_per_token(model, context: int, tokens_per_run: int = 4) -> floa
     return timed(fn, FLAGS.warmup, max(2, FLAGS.steps // 4)) * 1e3 / tokens_per_run
 
 
+def with_param_dtype(model, param_dtype: str):
+    """`model` with its parameters cast to `param_dtype` (the compute dtype stays the config's)."""
+    if param_dtype == "float32":
+        return model
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(param_dtype), params), rest)
+
+
+def logits_deviation(model, reference, vocab_size: int) -> float:
+    """Relative L2 distance of `model`'s logits from `reference`'s over a random 64-token prompt."""
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, vocab_size, (1, 64)), jnp.int32)
+    forward = jax.jit(lambda m, x: m(x))
+    a, b = np.asarray(forward(model, tokens), np.float64), np.asarray(forward(reference, tokens), np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def run() -> None:
     contexts = [int(c) for c in FLAGS.contexts.split(",")]
+    batches = [int(b) for b in FLAGS.batches.split(",")]
     block = 16
     results = []
+    bandwidth = matvec_bytes_per_s()
+    emit({"bench": "generate", "what": "matvec bandwidth", "matvec_gb_per_s": bandwidth / 1e9})
     for preset in FLAGS.families.split(","):
         config = family_config(preset, FLAGS.size)
         peer = None
@@ -78,28 +132,47 @@ def run() -> None:
             peer, model = transformers_peers.same_weights(config)     # the peer in the same run
         else:
             model = build_model(config)
+        deviation = None
+        if FLAGS.param_dtype != "float32":
+            reduced = with_param_dtype(model, FLAGS.param_dtype)
+            deviation = logits_deviation(reduced, model, config.vocab_size)
+            model = reduced
+        recurrent = PRESETS[preset][0].recurrent
         for context in contexts:
             if preset == "gpt2" and context + block > config.block_size:
                 continue          # GPT-2's learned positions end at block_size (n_positions)
-            if PRESETS[preset][0].recurrent:
-                ms, mem = recurrent_ms_per_token(model, context, block)
-            else:
-                ms, mem = reforward_ms_per_token(model, context), None
-            record = {"bench": "generate", "family": preset, "size": FLAGS.size, "dtype": config.dtype,
-                      "n_layer": config.n_layer, "n_embd": config.n_embd, "batch": 1, "context": context,
-                      "ms_per_token": ms, "state_bytes": mem}
-            if peer is not None:
-                import torch
-                record.update(transformers_ms_per_token=transformers_peers.decode_ms_per_token(
-                    peer, context, block, FLAGS.warmup, max(2, FLAGS.steps // 2)),
-                    torch=torch.__version__, torch_threads=torch.get_num_threads())
-                record["speedup_vs_transformers"] = record["transformers_ms_per_token"] / ms
-            emit(record)
-            results.append({**environment(), **record})
+            for batch in (batches if context == FLAGS.batch_context else [1]):
+                record = {"bench": "generate", "family": preset, "size": FLAGS.size, "dtype": config.dtype,
+                          "param_dtype": FLAGS.param_dtype, "n_layer": config.n_layer, "n_embd": config.n_embd,
+                          "batch": batch, "context": context}
+                if recurrent:
+                    ms, mem = recurrent_ms_per_token(model, context, block, batch)
+                    state = model.init_state(batch, decoding.cache_capacity(context + block))
+                    record.update(ms_per_token=ms, tokens_per_s=batch * 1e3 / ms, state_bytes=mem,
+                                  state_bytes_per_stream=mem // batch)
+                    if batch == 1:
+                        floor = bytes_read_per_token(model, state, context) / bandwidth * 1e3
+                        record.update(floor_ms_per_token=floor, floor_ratio=ms / floor)
+                elif batch == 1:
+                    ms = reforward_ms_per_token(model, context)
+                    record.update(ms_per_token=ms, tokens_per_s=1e3 / ms, state_bytes=None)
+                else:
+                    continue
+                if deviation is not None:
+                    record["logits_rel_err_vs_float32"] = deviation
+                if peer is not None:
+                    import torch
+                    peer_ms = transformers_peers.decode_ms_per_token(peer, context, block, FLAGS.warmup,
+                                                                     max(2, FLAGS.steps // 2), batch)
+                    record.update(transformers_ms_per_token=peer_ms, transformers_tokens_per_s=batch * 1e3 / peer_ms,
+                                  speedup_vs_transformers=peer_ms / ms, torch=torch.__version__,
+                                  torch_threads=torch.get_num_threads())
+                emit(record)
+                results.append({**environment(), **record})
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "generate.json").write_text(json.dumps(results, indent=1))
-    plot_generate(results, out / "generate.png")
+    plot_generate([r for r in results if r["batch"] == 1], out / "generate.png")
     print(f"wrote {out / 'generate.json'} and {out / 'generate.png'}", file=sys.stderr)
 
 

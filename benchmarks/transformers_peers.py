@@ -42,11 +42,12 @@ def same_weights(config):
     return hf, model
 
 
-def decode_ms_per_token(hf, context: int, block: int, warmup: int, repeats: int) -> float:
-    """ms per token of greedy one-token steps with `transformers`' cache (GPT-2: the key/value cache
-    of `context` tokens; RWKV: its recurrent state after them), batch 1, median of `repeats`."""
+def decode_ms_per_token(hf, context: int, block: int, warmup: int, repeats: int, batch: int = 1) -> float:
+    """ms per step (a token for each of `batch` streams) of greedy one-token steps with `transformers`'
+    cache (GPT-2: the key/value cache of `context` tokens; RWKV: its recurrent state after them),
+    median of `repeats`."""
     import torch
-    prompt = torch.as_tensor(np.random.default_rng(0).integers(0, hf.config.vocab_size, (1, context)))
+    prompt = torch.as_tensor(np.random.default_rng(0).integers(0, hf.config.vocab_size, (batch, context)))
     rwkv = hf.config.model_type == "rwkv"
     with torch.no_grad():
         prefilled = hf(prompt, use_cache=True)

@@ -12,7 +12,8 @@ each query block attends to the keys up to its own end (about 60% of the T x T s
 
 Decoding keeps a key/value cache of S slots: a ring buffer (slot = position % S) with S =
 window for windowed attention, or S = the longest sequence to be generated for global
-attention, so memory and time per token stay bounded by S.
+attention, so memory stays bounded by S. One token's attention (`cached_attention_one`) reads
+only the filled slots, chunk by chunk, so its time grows with the context, not the capacity.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from microrwkv_jax.layers.linears import STD, linear
+
+# Cache slots per step of the one-token decoding loop: large enough that the loop's per-step
+# overhead is small against reading the chunk, small enough that little past the valid end is read.
+DECODE_CHUNK = 256
 
 
 def rotary_embedding(x, positions, base: float):
@@ -117,9 +122,11 @@ class CausalSelfAttention(nnx.Module):
         self.proj = linear(n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype, std=STD / (2 * n_layer) ** 0.5)
 
     def init_state(self, batch: int, max_len: int, dtype=jnp.float32):
-        """An empty cache: S = min(window, max_len) slots (max_len for global attention)."""
+        """An empty cache: k and v [B, Hkv, S, N], S = min(window, max_len) slots (max_len for global
+        attention). Heads before slots: each head's keys are contiguous, as the batched products of
+        one-token decoding read them."""
         slots = max_len if self.window is None else min(self.window, max_len)
-        shape = (batch, slots, self.n_kv_head, self.head_size)
+        shape = (batch, self.n_kv_head, slots, self.head_size)
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def __call__(self, x, *, start=0, state=None):
@@ -141,19 +148,72 @@ class CausalSelfAttention(nnx.Module):
 
     def _attend_with_cache(self, q, k, v, start, state):
         """Attend from x's queries to the cached keys and x's own keys, then write x's keys."""
-        t, slots = q.shape[1], state["k"].shape[1]
+        if q.shape[1] == 1:
+            return self._decode_one(q, k, v, start, state)
+        t, slots = q.shape[1], state["k"].shape[2]
         positions = start + jnp.arange(t)
         key_positions = jnp.concatenate([cache_slot_positions(start, slots), positions])
         lag = positions[:, None] - key_positions[None, :]                  # [T, S + T]
         window = slots if self.window is None else self.window
         mask = (key_positions[None, :] >= 0) & (lag >= 0) & (lag < window)
-        keys = jnp.concatenate([state["k"], k.astype(state["k"].dtype)], axis=1)
-        values = jnp.concatenate([state["v"], v.astype(state["v"].dtype)], axis=1)
+        # [B, Hkv, S, N] -> [B, S, Hkv, N], then x's own keys after the cached ones: [B, S + T, Hkv, N]
+        keys = jnp.concatenate([state["k"].swapaxes(1, 2), k.astype(state["k"].dtype)], axis=1)
+        values = jnp.concatenate([state["v"].swapaxes(1, 2), v.astype(state["v"].dtype)], axis=1)
         y = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype),
                                          mask=mask[None, None])
         # Only the last `slots` new keys survive in the ring buffer.
         keep = min(t, slots)
         write = jnp.mod(positions[t - keep:], slots)
-        new_state = {"k": state["k"].at[:, write].set(k[:, t - keep:].astype(state["k"].dtype)),
-                     "v": state["v"].at[:, write].set(v[:, t - keep:].astype(state["v"].dtype))}
+        new_state = {name: state[name].at[:, :, write].set(new[:, t - keep:].swapaxes(1, 2).astype(state[name].dtype))
+                     for name, new in (("k", k), ("v", v))}
         return y, new_state
+
+    def _decode_one(self, q, k, v, start, state):
+        """One token: write its key and value into the cache, then attend over the cache's filled
+        slots only, chunk by chunk with an online softmax, so a token costs what its valid context
+        costs, whatever the capacity the cache was allocated with."""
+        slot = jnp.mod(start, state["k"].shape[2])
+        cache = {name: jax.lax.dynamic_update_slice_in_dim(state[name], new.swapaxes(1, 2).astype(state[name].dtype),
+                                                           slot, axis=2)
+                 for name, new in (("k", k), ("v", v))}
+        return cached_attention_one(q, cache["k"], cache["v"], start, self.window), cache
+
+
+def cached_attention_one(q, k_cache, v_cache, position, window: Optional[int], chunk: int = DECODE_CHUNK):
+    """The attention output of one query at `position` over a ring-buffer cache that already holds
+    its own key (flash-decoding, sequentially over chunks of the cache).
+
+    q [B, 1, Hq, N]; k_cache, v_cache [B, Hkv, S, N] (slot = position % S) -> [B, 1, Hq, N].
+    Only the chunks holding positions <= `position` are read: ceil(min(position + 1, S) / chunk).
+    Scores, running maximum and sums in float32."""
+    b, _, hq, n = q.shape
+    hkv, slots = k_cache.shape[1], k_cache.shape[2]
+    if slots % chunk:
+        chunk = slots                            # one chunk: caches smaller than, or not cut by, `chunk`
+    window = slots if window is None else window
+    groups = hq // hkv
+    qg = q.reshape(b, hkv, groups, n).astype(jnp.float32) * n ** -0.5     # [B, Hkv, G, N]
+    slot_positions = cache_slot_positions(position + 1, slots)             # [S], -1 for empty slots
+    filled = jnp.minimum(position + 1, slots)
+    num_chunks = (filled + chunk - 1) // chunk
+
+    def body(i, carry):
+        running_max, denominator, numerator = carry
+        keys = jax.lax.dynamic_slice_in_dim(k_cache, i * chunk, chunk, axis=2).astype(jnp.float32)   # [B, Hkv, K, N]
+        values = jax.lax.dynamic_slice_in_dim(v_cache, i * chunk, chunk, axis=2).astype(jnp.float32)
+        key_positions = jax.lax.dynamic_slice_in_dim(slot_positions, i * chunk, chunk)
+        lag = position - key_positions
+        visible = (key_positions >= 0) & (lag >= 0) & (lag < window)                   # [K]
+        scores = jnp.einsum("bhgn,bhkn->bhgk", qg, keys)
+        scores = jnp.where(visible, scores, -jnp.inf)
+        new_max = jnp.maximum(running_max, jnp.max(scores, axis=-1))
+        scale = jnp.exp(running_max - new_max)
+        weights = jnp.exp(scores - new_max[..., None])
+        return (new_max, denominator * scale + jnp.sum(weights, axis=-1),
+                numerator * scale[..., None] + jnp.einsum("bhgk,bhkn->bhgn", weights, values))
+
+    # A finite floor for the running maximum: a chunk with no visible key then adds exactly nothing.
+    init = (jnp.full((b, hkv, groups), -1e30, jnp.float32), jnp.zeros((b, hkv, groups), jnp.float32),
+            jnp.zeros((b, hkv, groups, n), jnp.float32))
+    _, denominator, numerator = jax.lax.fori_loop(0, num_chunks, body, init)
+    return (numerator / denominator[..., None]).reshape(b, 1, hq, n).astype(q.dtype)

@@ -22,9 +22,11 @@ def tied_logits(x, embedding, vocab_size: int):
     """x [B, T, C] @ embedding [V_padded, C]^T -> float32 logits [B, T, vocab_size].
 
     The product runs in x's dtype with float32 accumulation; the padding rows of the embedding
-    are never predicted."""
-    return jnp.einsum("btc,vc->btv", x, embedding[:vocab_size].astype(x.dtype),
-                      preferred_element_type=jnp.float32)
+    are never predicted. It runs over the whole padded matrix and drops the padding logits after:
+    slicing the matrix instead would copy it (154 MB at 50,304 x 768 in float32), for every
+    decoded token, to save 0.05% of the product."""
+    logits = jnp.einsum("btc,vc->btv", x, embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+    return logits[..., :vocab_size]
 
 
 def _chunk_loss_and_grads(x, embedding, targets):

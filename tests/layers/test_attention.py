@@ -21,3 +21,34 @@ def test_blocked_attention_equals_masked_full_attention(b, t, hq, hkv, window, b
     expected = jax.nn.dot_product_attention(q, k, v, mask=mask)
     ours = windowed_attention(q, k, v, window) if blocks is None else prefix_blocks_attention(q, k, v, window, blocks)
     assert rel_err(ours, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("slots, window, chunk, history", [
+    (1024, None, 256, 5),        # a large cache, barely filled: only the first chunk is read
+    (1024, None, 256, 700),      # three of four chunks filled
+    (512, None, 128, 511),       # full
+    (64, 64, 16, 200),           # a windowed ring buffer that has wrapped around three times
+    (48, 48, 256, 30),           # a cache smaller than one chunk
+    (96, 100, 32, 500)])         # fewer slots than the window (the cache was made for a short sequence)
+def test_one_token_cached_attention_equals_a_float64_reference(slots, window, chunk, history):
+    """One query at position `history` over a ring buffer holding positions <= history, against
+    float64 numpy softmax attention over the keys those positions hold."""
+    from microrwkv_jax.layers.attention import cached_attention_one
+    rng = np.random.default_rng(slots + history)
+    b, hq, hkv, n = 2, 4, 2, 16
+    keys_by_position = rng.standard_normal((b, history + 1, hkv, n))
+    values_by_position = rng.standard_normal((b, history + 1, hkv, n))
+    k_cache, v_cache = np.zeros((b, slots, hkv, n)), np.zeros((b, slots, hkv, n))
+    for p in range(history + 1):                       # what the ring buffer holds now
+        k_cache[:, p % slots], v_cache[:, p % slots] = keys_by_position[:, p], values_by_position[:, p]
+    q = rng.standard_normal((b, 1, hq, n))
+    heads_first = lambda a: jnp.asarray(a.swapaxes(1, 2), jnp.float32)          # the cache's [B, Hkv, S, N]
+    ours = cached_attention_one(jnp.asarray(q, jnp.float32), heads_first(k_cache), heads_first(v_cache),
+                                jnp.asarray(history), window, chunk)
+    visible = [p for p in range(history + 1) if history - p < min(window or slots, slots)]
+    keys = np.repeat(keys_by_position[:, visible], hq // hkv, axis=2)              # [B, K, Hq, N]
+    values = np.repeat(values_by_position[:, visible], hq // hkv, axis=2)
+    scores = np.einsum("bhn,bkhn->bhk", q[:, 0], keys) / np.sqrt(n)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = np.einsum("bhk,bkhn->bhn", weights / weights.sum(-1, keepdims=True), values)[:, None]
+    assert rel_err(ours, expected) <= 1e-5
