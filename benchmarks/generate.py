@@ -32,8 +32,9 @@ def family_config(preset: str, size: str):
         return model_config("hybrid", gqa_window=256, **common)
     if preset == "gpt":
         return model_config("gpt", n_kv_head=common["n_head"], **common)
-    if preset == "gpt2":
-        return model_config("gpt2", **{**common, "n_kv_head": common["n_head"]})
+    if preset == "gpt2":    # 2048 learned positions, so that it decodes at context 1024 like the others
+        return model_config("gpt2", **{**common, "n_kv_head": common["n_head"],
+                                       "block_size": max(2048, common["block_size"])})
     if preset == "rwkv4":      # no heads; the Pile models' vocabulary
         return model_config("rwkv4", **{**common, "n_head": 1, "n_kv_head": 1, "vocab_size": 50277})
     return model_config(preset, **common)
@@ -123,10 +124,10 @@ def run() -> None:
     batches = [int(b) for b in FLAGS.batches.split(",")]
     block = 16
     results = []
-    bandwidth = matvec_bytes_per_s()
-    emit({"bench": "generate", "what": "matvec bandwidth", "matvec_gb_per_s": bandwidth / 1e9})
     for preset in FLAGS.families.split(","):
         config = family_config(preset, FLAGS.size)
+        # Measured again for every family: this machine's bandwidth drifts by 10-20% over minutes.
+        bandwidth = matvec_bytes_per_s()
         peer = None
         if preset in transformers_peers.PEER_FAMILIES and transformers_peers.available():
             peer, model = transformers_peers.same_weights(config)     # the peer in the same run
@@ -152,7 +153,8 @@ def run() -> None:
                                   state_bytes_per_stream=mem // batch)
                     if batch == 1:
                         floor = bytes_read_per_token(model, state, context) / bandwidth * 1e3
-                        record.update(floor_ms_per_token=floor, floor_ratio=ms / floor)
+                        record.update(floor_ms_per_token=floor, floor_ratio=ms / floor,
+                                      matvec_gb_per_s=bandwidth / 1e9)
                 elif batch == 1:
                     ms = reforward_ms_per_token(model, context)
                     record.update(ms_per_token=ms, tokens_per_s=1e3 / ms, state_bytes=None)

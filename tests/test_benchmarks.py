@@ -71,11 +71,42 @@ def test_load_reports_peak_memory_of_every_way(tmp_path):
 def test_generate_and_eval_time_transformers_beside_gpt2_and_rwkv4(tmp_path):
     pytest.importorskip("transformers", reason="transformers is the test extra: pip install -e '.[test]'")
     rows = bench("generate", "--size", "tiny", "--contexts", "16,200", "--families", "gpt2,rwkv4", "--steps", "1",
-                 "--warmup", "0", "--out", str(tmp_path))
-    # GPT-2 stops at its learned positions (block_size 128 at this size): no row for context 200.
-    assert [(r["family"], r["context"]) for r in rows] == [("gpt2", 16), ("rwkv4", 16), ("rwkv4", 200)]
+                 "--warmup", "0", "--batches", "1,3", "--batch_context", "16", "--out", str(tmp_path))
+    assert [(r["family"], r["context"], r["batch"]) for r in rows] == [
+        ("gpt2", 16, 1), ("gpt2", 16, 3), ("gpt2", 200, 1), ("rwkv4", 16, 1), ("rwkv4", 16, 3), ("rwkv4", 200, 1)]
     assert all(r["transformers_ms_per_token"] > 0 and r["speedup_vs_transformers"] > 0 for r in rows)
+    single = [r for r in rows if r["batch"] == 1]
+    assert all(r["floor_ms_per_token"] > 0 and r["floor_ratio"] == r["ms_per_token"] / r["floor_ms_per_token"]
+               for r in single)
+    # The floor counts the filled part of GPT-2's cache: more at context 200 than at 16.
+    assert single[1]["floor_ms_per_token"] * single[1]["matvec_gb_per_s"] > \
+        single[0]["floor_ms_per_token"] * single[0]["matvec_gb_per_s"]
+    batched = [r for r in rows if r["batch"] == 3]
+    assert all(r["state_bytes_per_stream"] == r["state_bytes"] // 3 and r["tokens_per_s"] > 0 for r in batched)
     rows = bench("eval", "--size", "tiny", "--families", "gpt2,rwkv4", "--eval_shape", "2,64", "--repeats", "1",
                  "--warmup", "0")
     assert [(r["family"], r["batch"], r["seq_len"]) for r in rows] == [("gpt2", 2, 64), ("rwkv4", 2, 64)]
     assert all(r["tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 for r in rows)
+
+
+def test_the_decoding_floor_counts_weights_an_input_row_and_the_filled_cache():
+    """bytes_read_per_token, by hand: RWKV-4 reads every parameter but one row of its untied input
+    embedding, and its state; GPT-2 reads its tied head whole, one row of its position table, and
+    of its key/value caches only the filled slots."""
+    import jax
+    from flax import nnx
+
+    from benchmarks.generate import bytes_read_per_token
+    from microrwkv_jax.families import build_model, model_config
+    nbytes = lambda tree: sum(leaf.nbytes for leaf in jax.tree.leaves(tree))
+    rwkv4 = build_model(model_config("rwkv4", n_layer=1, n_embd=32, vocab_size=97))
+    state = rwkv4.init_state(1)
+    embedding_rows = 128                                     # 97 padded to a multiple of 64
+    assert bytes_read_per_token(rwkv4, state, 10) == nbytes(nnx.state(rwkv4)) - (embedding_rows - 1) * 32 * 4 \
+        + nbytes(state)
+    gpt2 = build_model(model_config("gpt2", n_layer=1, n_embd=32, n_head=2, n_kv_head=2, vocab_size=97, block_size=64))
+    state = gpt2.init_state(1, 64)                          # k and v [1, 2 heads, 64 slots, 16]
+    cache = 2 * 2 * 64 * 16 * 4
+    for context in (10, 63):                                # context + 1 slots filled
+        assert bytes_read_per_token(gpt2, state, context) == nbytes(nnx.state(gpt2)) - (64 - 1) * 32 * 4 \
+            + cache * (context + 1) // 64 + 4               # + the int32 position
