@@ -49,19 +49,24 @@ def recurrent_ms_per_token(model, context: int, block: int, batch: int = 1) -> t
     """ms per decoding step (one token for each of `batch` streams) of greedy `decoding.decode_block`
     (`block` steps) from a state at position `context`, and the state's bytes.
 
-    The per-token cost depends on the state's shapes and position, not its contents: every run
-    starts from the same state, placed at `context`, instead of prefilling `context` tokens."""
+    The per-token cost depends on the state's shapes and position, not its contents: the state
+    starts placed at `context` instead of prefilling `context` tokens; each run continues from the
+    last (the state is donated, as in generation), so the position moves on by `block` per run."""
     graphdef, params = nnx.split(model)
-    state = model.init_state(batch, decoding.cache_capacity(context + block))
+    runs = FLAGS.warmup + FLAGS.steps
+    state = model.init_state(batch, decoding.cache_capacity(context + block * (runs + 1)))
     state["pos"] = jnp.asarray(context, jnp.int32)
+    size = state_bytes(state)
     logits = jnp.zeros((batch, model.config.vocab_size), jnp.float32)
     done = jnp.zeros((batch,), bool)
+    carry = [state]
 
     def fn():
-        tokens, _, _, _ = decoding.decode_block(graphdef, params, state, logits, done, block, 0.0, None, None, 0, -1)
+        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], logits, done, block, 0.0, None,
+                                                       None, 0, -1)
         tokens.block_until_ready()
 
-    return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, state_bytes(state)
+    return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, size
 
 
 def matvec_bytes_per_s() -> float:
@@ -122,7 +127,7 @@ def logits_deviation(model, reference, vocab_size: int) -> float:
 def run() -> None:
     contexts = [int(c) for c in FLAGS.contexts.split(",")]
     batches = [int(b) for b in FLAGS.batches.split(",")]
-    block = 16
+    block, runs = 16, FLAGS.warmup + FLAGS.steps
     results = []
     for preset in FLAGS.families.split(","):
         config = family_config(preset, FLAGS.size)
@@ -140,7 +145,7 @@ def run() -> None:
             model = reduced
         recurrent = PRESETS[preset][0].recurrent
         for context in contexts:
-            if preset == "gpt2" and context + block > config.block_size:
+            if preset == "gpt2" and context + block * (runs + 1) > config.block_size:
                 continue          # GPT-2's learned positions end at block_size (n_positions)
             for batch in (batches if context == FLAGS.batch_context else [1]):
                 record = {"bench": "generate", "family": preset, "size": FLAGS.size, "dtype": config.dtype,
@@ -148,7 +153,7 @@ def run() -> None:
                           "batch": batch, "context": context}
                 if recurrent:
                     ms, mem = recurrent_ms_per_token(model, context, block, batch)
-                    state = model.init_state(batch, decoding.cache_capacity(context + block))
+                    state = model.init_state(batch, decoding.cache_capacity(context + block * (runs + 1)))
                     record.update(ms_per_token=ms, tokens_per_s=batch * 1e3 / ms, state_bytes=mem,
                                   state_bytes_per_stream=mem // batch)
                     if batch == 1:
@@ -164,8 +169,9 @@ def run() -> None:
                     record["logits_rel_err_vs_float32"] = deviation
                 if peer is not None:
                     import torch
-                    peer_ms = transformers_peers.decode_ms_per_token(peer, context, block, FLAGS.warmup,
-                                                                     max(2, FLAGS.steps // 2), batch)
+                    # (4 steps per run beyond batch 1: transformers' batched RWKV step takes seconds on a CPU)
+                    peer_ms = transformers_peers.decode_ms_per_token(peer, context, block if batch == 1 else 4,
+                                                                     FLAGS.warmup, max(2, FLAGS.steps // 2), batch)
                     record.update(transformers_ms_per_token=peer_ms, transformers_tokens_per_s=batch * 1e3 / peer_ms,
                                   speedup_vs_transformers=peer_ms / ms, torch=torch.__version__,
                                   torch_threads=torch.get_num_threads())

@@ -63,10 +63,13 @@ def prefill_piece(graphdef, params, state, tokens):
     return tied_logits(x[:, -1:], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8), donate_argnums=(2,))
 def decode_block(graphdef, params, state, last_logits, done, block, temperature, top_k, top_p, seed,
                  stop_token):
-    """Sample `block` tokens, feeding each back. Returns (tokens [B, block], state, logits, done)."""
+    """Sample `block` tokens, feeding each back. Returns (tokens [B, block], state, logits, done).
+
+    `state` is donated: the loop updates the caches in place instead of first copying them (a
+    copy of a 1.6 GB cache per call is 100 MB per token at 16 tokens per call); use the returned one."""
     model = nnx.merge(graphdef, params)
     batch = last_logits.shape[0]
 
