@@ -115,15 +115,6 @@ class ParamCodec:
     def model(self, flat: dict):
         return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, [flat[n] for n in self.names]))
 
-    def check(self, flat: dict) -> None:
-        missing = sorted(set(self.names) - set(flat))
-        unexpected = sorted(set(flat) - set(self.names))
-        if missing or unexpected:
-            raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
-        for name in self.names:
-            if tuple(np.shape(flat[name])) != self.shapes[name]:
-                raise ValueError(f"parameter {name}: shape {tuple(np.shape(flat[name]))}, expected {self.shapes[name]}")
-
 
 def flat_params(model) -> dict:
     """{"blocks/0/time_mix/key/kernel": array, ...} for every nnx.Param."""
