@@ -22,6 +22,10 @@ from microrwkv_jax.layers.output_head import tied_logits
 
 PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
 MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
+# XLA's copy insertion, told to analyse loop bodies region by region, sees that a token's attention
+# reads the old cache before the cache's one-slot update: without it, XLA's CPU backend copies every
+# loop-carried cache twice per token (12 MB per token for the table hybrid).
+DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def sample_logits(logits, keys, temperature: float, top_k: Optional[int], top_p: Optional[float]):
@@ -63,7 +67,8 @@ def prefill_piece(graphdef, params, state, tokens):
     return tied_logits(x[:, -1:], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8), donate_argnums=(2,))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8), donate_argnums=(2,),
+                   compiler_options=DECODE_COMPILER_OPTIONS)
 def decode_block(graphdef, params, state, last_logits, done, block, temperature, top_k, top_p, seed,
                  stop_token):
     """Sample `block` tokens, feeding each back. Returns (tokens [B, block], state, logits, done).

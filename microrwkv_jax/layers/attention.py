@@ -169,51 +169,73 @@ class CausalSelfAttention(nnx.Module):
         return y, new_state
 
     def _decode_one(self, q, k, v, start, state):
-        """One token: write its key and value into the cache, then attend over the cache's filled
-        slots only, chunk by chunk with an online softmax, so a token costs what its valid context
-        costs, whatever the capacity the cache was allocated with."""
+        """One token: attend over its own key and the cache's filled slots only (chunk by chunk,
+        with an online softmax, so a token costs what its valid context costs, whatever the
+        capacity the cache was allocated with), then write its key and value into the cache.
+
+        The attention reads the cache as it was, never the updated one, so that the one-slot update
+        can be made in place: compiled with `decoding.DECODE_COMPILER_OPTIONS`, XLA then copies no
+        cache inside the decoding loop (reading the updated cache made it copy every cache twice
+        per token)."""
+        y = cached_attention_one(q, k, v, state["k"], state["v"], start, self.window)
         slot = jnp.mod(start, state["k"].shape[2])
         cache = {name: jax.lax.dynamic_update_slice_in_dim(state[name], new.swapaxes(1, 2).astype(state[name].dtype),
                                                            slot, axis=2)
                  for name, new in (("k", k), ("v", v))}
-        return cached_attention_one(q, cache["k"], cache["v"], start, self.window), cache
+        return y, cache
 
 
-def cached_attention_one(q, k_cache, v_cache, position, window: Optional[int], chunk: int = DECODE_CHUNK):
-    """The attention output of one query at `position` over a ring-buffer cache that already holds
-    its own key (flash-decoding, sequentially over chunks of the cache).
+def cached_attention_one(q, k, v, k_cache, v_cache, position, window: Optional[int], chunk: int = DECODE_CHUNK):
+    """The attention output of one query at `position` over its own key and value and a
+    ring-buffer cache holding the positions before it (flash-decoding, sequentially over chunks of
+    the cache).
 
-    q [B, 1, Hq, N]; k_cache, v_cache [B, Hkv, S, N] (slot = position % S) -> [B, 1, Hq, N].
-    Only the chunks holding positions <= `position` are read: ceil(min(position + 1, S) / chunk).
+    q [B, 1, Hq, N]; k, v [B, 1, Hkv, N]; k_cache, v_cache [B, Hkv, S, N] (slot = position % S)
+    -> [B, 1, Hq, N]. Visible: the last min(window, S) positions, the query's own included. Only
+    the chunks holding positions < `position` are read: ceil(min(position, S) / chunk).
     Scores, running maximum and sums in float32."""
     b, _, hq, n = q.shape
     hkv, slots = k_cache.shape[1], k_cache.shape[2]
     if slots % chunk:
         chunk = slots                            # one chunk: caches smaller than, or not cut by, `chunk`
-    window = slots if window is None else window
+    # The slot of position - S is about to be overwritten by this token: a window wider than the
+    # cache sees only S positions.
+    window = slots if window is None else min(window, slots)
     groups = hq // hkv
     qg = q.reshape(b, hkv, groups, n).astype(jnp.float32) * n ** -0.5     # [B, Hkv, G, N]
-    slot_positions = cache_slot_positions(position + 1, slots)             # [S], -1 for empty slots
-    filled = jnp.minimum(position + 1, slots)
-    num_chunks = (filled + chunk - 1) // chunk
+    slot_positions = cache_slot_positions(position, slots)                 # [S], -1 for empty slots
 
-    def body(i, carry):
+    def chunk_scores(keys, key_positions):
+        """Scores [B, Hkv, G, K] of the query against keys [B, Hkv, K, N], -inf where not visible."""
+        visible = (key_positions >= 0) & (position - key_positions < window)          # [K]
+        return jnp.where(visible, jnp.einsum("bhgn,bhkn->bhgk", qg, keys.astype(jnp.float32)), -jnp.inf)
+
+    def add_chunk(carry, keys, values, key_positions):
+        """The online softmax's running (maximum, denominator, numerator) after one more chunk."""
         running_max, denominator, numerator = carry
-        keys = jax.lax.dynamic_slice_in_dim(k_cache, i * chunk, chunk, axis=2).astype(jnp.float32)   # [B, Hkv, K, N]
-        values = jax.lax.dynamic_slice_in_dim(v_cache, i * chunk, chunk, axis=2).astype(jnp.float32)
-        key_positions = jax.lax.dynamic_slice_in_dim(slot_positions, i * chunk, chunk)
-        lag = position - key_positions
-        visible = (key_positions >= 0) & (lag >= 0) & (lag < window)                   # [K]
-        scores = jnp.einsum("bhgn,bhkn->bhgk", qg, keys)
-        scores = jnp.where(visible, scores, -jnp.inf)
+        scores = chunk_scores(keys, key_positions)
         new_max = jnp.maximum(running_max, jnp.max(scores, axis=-1))
         scale = jnp.exp(running_max - new_max)
         weights = jnp.exp(scores - new_max[..., None])
         return (new_max, denominator * scale + jnp.sum(weights, axis=-1),
-                numerator * scale[..., None] + jnp.einsum("bhgk,bhkn->bhgn", weights, values))
+                numerator * scale[..., None] + jnp.einsum("bhgk,bhkn->bhgn", weights, values.astype(jnp.float32)))
 
-    # A finite floor for the running maximum: a chunk with no visible key then adds exactly nothing.
-    init = (jnp.full((b, hkv, groups), -1e30, jnp.float32), jnp.zeros((b, hkv, groups), jnp.float32),
-            jnp.zeros((b, hkv, groups, n), jnp.float32))
-    _, denominator, numerator = jax.lax.fori_loop(0, num_chunks, body, init)
+    # The softmax starts from the query's own key, always visible: the running maximum is finite
+    # from the start, so a chunk with no visible key adds exactly nothing.
+    own_score = jnp.einsum("bhgn,bhn->bhg", qg, k[:, 0].astype(jnp.float32))                # [B, Hkv, G]
+    own_value = jnp.broadcast_to(v[:, 0, :, None].astype(jnp.float32), (b, hkv, groups, n))
+    carry = (own_score, jnp.ones_like(own_score), own_value)
+    if slots == chunk:
+        # One chunk (windowed caches): one pass over the whole cache, no loop.
+        carry = add_chunk(carry, k_cache, v_cache, slot_positions)
+    else:
+        num_chunks = (jnp.minimum(position, slots) + chunk - 1) // chunk
+
+        def body(i, carry):
+            def piece(a):
+                return jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=-2 if a.ndim > 1 else 0)
+            return add_chunk(carry, piece(k_cache), piece(v_cache), piece(slot_positions))
+
+        carry = jax.lax.fori_loop(0, num_chunks, body, carry)
+    _, denominator, numerator = carry
     return (numerator / denominator[..., None]).reshape(b, 1, hq, n).astype(q.dtype)

@@ -42,7 +42,12 @@ class TinyMoE(nnx.Module):
         chosen = jax.nn.one_hot(top_idx, self.num_experts, dtype=jnp.float32)        # [B, T, k, E]
         gates = jnp.einsum("btk,btke->bte", top_probs / jnp.sum(top_probs, -1, keepdims=True), chosen)
         xc = x.astype(self.dtype)
-        hidden = jnp.einsum("btc,ecx->btex", xc, self.w_in[...].astype(self.dtype)) + self.b_in[...].astype(self.dtype)
+        # The expert axis as a batch axis of both operands: each expert's [C, X] matrix is then read
+        # in place, where a product over the [E, C, X] array as one [C, E * X] matrix makes XLA's CPU
+        # backend transpose the whole weight first (a copy of it per decoded token).
+        x_per_expert = jnp.broadcast_to(xc, (self.num_experts,) + xc.shape)                 # [E, B, T, C]
+        hidden = jnp.einsum("ebtc,ecx->btex", x_per_expert, self.w_in[...].astype(self.dtype))
+        hidden = hidden + self.b_in[...].astype(self.dtype)
         expert_out = jnp.einsum("btex,exc->btec", nnx.gelu(hidden), self.w_out[...].astype(self.dtype))
         expert_out = expert_out + self.b_out[...].astype(self.dtype)
         out = jnp.einsum("bte,btec->btc", gates.astype(self.dtype), expert_out)
