@@ -16,6 +16,11 @@ class TinyMoE(nnx.Module):
     (zero outside each token's top-k, renormalised over it) select the outputs: no token
     dropping, no capacity factor, static shapes that shard like a dense layer.
 
+    The experts' weights are stored so that both products are plain matrix products over all the
+    experts at once: w_in [C, E, X] is one [C, E * X] matrix, w_out [E, X, C] one [E * X, C]
+    matrix. Gating the hidden units before the second product gives the gated sum of the experts'
+    outputs directly:  sum_e g_e (h_e W_out_e + b_out_e) = (g * h) W_out + g b_out.
+
     Returns (out [B, T, C], state (passed through: the layer keeps none), aux) with aux
       "moe_aux_loss" = E * sum_e f_e * P_e (Switch Transformer), where f_e is the fraction of
       routing slots given to expert e and P_e its mean router probability; it is 1 when
@@ -27,7 +32,7 @@ class TinyMoE(nnx.Module):
                  n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.num_experts, self.top_k, self.dtype = num_experts, num_active_experts, dtype
         self.router = linear_map_param(rngs, STD, (n_embd, num_experts))
-        self.w_in = linear_map_param(rngs, STD, (num_experts, n_embd, expert_dim))
+        self.w_in = linear_map_param(rngs, STD, (n_embd, num_experts, expert_dim))
         self.b_in = nnx.Param(jnp.zeros((num_experts, expert_dim), jnp.float32))
         self.w_out = linear_map_param(rngs, STD / (2 * n_layer) ** 0.5, (num_experts, expert_dim, n_embd))
         self.b_out = nnx.Param(jnp.zeros((num_experts, n_embd), jnp.float32))
@@ -41,17 +46,11 @@ class TinyMoE(nnx.Module):
         top_probs, top_idx = jax.lax.top_k(probs, self.top_k)                       # [B, T, k]
         chosen = jax.nn.one_hot(top_idx, self.num_experts, dtype=jnp.float32)        # [B, T, k, E]
         gates = jnp.einsum("btk,btke->bte", top_probs / jnp.sum(top_probs, -1, keepdims=True), chosen)
-        xc = x.astype(self.dtype)
-        # The expert axis as a batch axis of both operands: each expert's [C, X] matrix is then read
-        # in place, where a product over the [E, C, X] array as one [C, E * X] matrix makes XLA's CPU
-        # backend transpose the whole weight first (a copy of it per decoded token).
-        x_per_expert = jnp.broadcast_to(xc, (self.num_experts,) + xc.shape)                 # [E, B, T, C]
-        hidden = jnp.einsum("ebtc,ecx->btex", x_per_expert, self.w_in[...].astype(self.dtype))
-        hidden = hidden + self.b_in[...].astype(self.dtype)
-        expert_out = jnp.einsum("btex,exc->btec", nnx.gelu(hidden), self.w_out[...].astype(self.dtype))
-        expert_out = expert_out + self.b_out[...].astype(self.dtype)
-        out = jnp.einsum("bte,btec->btc", gates.astype(self.dtype), expert_out)
+        gates = gates.astype(self.dtype)
+        hidden = jnp.einsum("btc,cex->btex", x.astype(self.dtype), self.w_in[...].astype(self.dtype))
+        hidden = nnx.gelu(hidden + self.b_in[...].astype(self.dtype))                 # [B, T, E, X]
+        out = jnp.einsum("btex,exc->btc", hidden * gates[..., None], self.w_out[...].astype(self.dtype))
+        out = out + gates @ self.b_out[...].astype(self.dtype)
         expert_fraction = jnp.mean(jnp.sum(chosen, axis=2), axis=(0, 1)) / self.top_k   # [E], sums to 1
         aux_loss = self.num_experts * jnp.sum(expert_fraction * jnp.mean(probs, axis=(0, 1)))
         return out.astype(x.dtype), state, {"moe_aux_loss": aux_loss, "expert_fraction": expert_fraction}
-
