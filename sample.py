@@ -35,6 +35,9 @@ def parse_args(argv):
                    help="the parameters' dtype (bfloat16: half the memory of float32; lossless for a bf16 checkpoint)")
     p.add_argument("--tokenizer", default=None,
                    help="byte, gpt2 or a tokenizer.json path (default: the one the checkpoint records)")
+    p.add_argument("--no_compilation_cache", action="store_true",
+                   help="compile everything afresh instead of using JAX's persistent compilation cache "
+                        "(microrwkv_jax/compilation_cache.py says where it is)")
     p.add_argument("--max_prompt_tokens", type=int, default=16384,
                    help="refuse longer prompts (a recurrent prefill takes time in proportion to them)")
     return p.parse_args(argv)
@@ -99,6 +102,9 @@ def run(args) -> int:
     if args.param_dtype != "float32":
         use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used
     from microrwkv_jax.sampling import generate
+    if not args.no_compilation_cache:
+        from microrwkv_jax.compilation_cache import enable_compilation_cache
+        enable_compilation_cache()
 
     model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype, tokenizer=args.tokenizer,
                                                         param_dtype=args.param_dtype)

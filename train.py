@@ -7,13 +7,17 @@ Configs are ml_collections files with `get_config()`; any key can be overridden 
 --config.KEY=VALUE. See microrwkv_jax/training/ for what a run does.
 """
 
-import difflib
-import importlib.util
-import os
-import sys
+import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+STARTED = time.time()     # the command's start, for the time to the first training step
+
+import difflib  # noqa: E402
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training configuration file.",
                                           lock_config=True)
@@ -78,8 +82,11 @@ def main(argv):
         if (cfg.get("param_dtype") or "float32") != "float32":
             from microrwkv_jax.loading import use_lean_cpu_scheduler
             use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used
+        if cfg.get("compilation_cache", True):
+            from microrwkv_jax.compilation_cache import enable_compilation_cache
+            enable_compilation_cache()
         training.initialize_distributed(cfg)
-        training.train(cfg)
+        training.train(cfg, started=STARTED)
     except (ValueError, OSError, training.TrainingError) as err:
         fail(str(err).splitlines()[0])
     except RuntimeError as err:      # jax's XlaRuntimeError: out of device memory, above all

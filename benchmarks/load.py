@@ -26,7 +26,8 @@ from absl import flags
 
 from benchmarks.common import FLAGS, emit
 
-flags.DEFINE_string("checkpoint", None, "load: a checkpoint to measure (default: generate --load_preset's)")
+flags.DEFINE_string("checkpoint", None, "load: a checkpoint to measure (default: generate --load_preset's); "
+                    "startup: the checkpoint sample.py samples from (default: out)")
 flags.DEFINE_string("load_preset", "rwkv4-1b5", "load: the RWKV-4 preset whose sizes the generated checkpoint has")
 flags.DEFINE_string("load_ways", "ours-bfloat16,ours-float32,whole-file,torch.load", "load: what to measure")
 

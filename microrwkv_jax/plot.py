@@ -17,7 +17,7 @@ def read_metrics(run_dir) -> tuple:
         raise FileNotFoundError(f"{path}: no such file (is {run_dir} a training run directory?)")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train = [r for r in records if "loss" in r and "step" in r]
-    val = [r for r in records if "val_loss" in r and "step" in r and r.get("event") != "eval_only"]
+    val = [r for r in records if "val_loss" in r and "step" in r and "event" not in r]     # the periodic ones
     return train, val
 
 

@@ -1,6 +1,14 @@
+import os
+import tempfile
+
 import pytest
 
 from tests.helpers import GPT2_BPE_VARIABLE, gpt2_bpe_path
+
+# train.py and sample.py use JAX's persistent compilation cache by default. The tests, and every
+# script they run, share one that lives as long as the test session, never the user's own.
+_COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="microrwkv-test-jax-cache-")
+os.environ["MICRORWKV_COMPILATION_CACHE"] = _COMPILATION_CACHE.name
 
 
 @pytest.fixture

@@ -119,10 +119,15 @@ def _holdout(docs, fraction):
     return docs[:-n_val], docs[-n_val:]
 
 
+# Data config keys that say how batches are drawn, not what the token files hold.
+SAMPLING_KEYS = ("document_windows",)
+
+
 def _fingerprint(dataset: str, data_cfg, tokenizer_name: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([FORMAT_VERSION, dataset, tokenizer_name, data_cfg.to_dict()
-                         if hasattr(data_cfg, "to_dict") else dict(data_cfg)], sort_keys=True, default=str).encode())
+    source = {k: v for k, v in (data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)).items()
+              if k not in SAMPLING_KEYS}
+    h.update(json.dumps([FORMAT_VERSION, dataset, tokenizer_name, source], sort_keys=True, default=str).encode())
     if dataset != "stories" and not dataset.startswith("tfds:"):
         for path in sorted(glob.glob(os.path.expanduser(dataset), recursive=True)):
             st = os.stat(path)
@@ -172,12 +177,26 @@ def prepare_data(dataset: str, data_cfg, tokenizer, progress: bool = True) -> To
 
 # --- Batches -----------------------------------------------------------------------------------
 
+def document_window_starts(tokens: np.ndarray, eot_id: int, block_size: int) -> np.ndarray:
+    """Offsets of the end-of-text tokens that can start a window of block_size + 1 tokens: a
+    window from one begins with a whole document, as sampling from end-of-text does."""
+    starts = np.flatnonzero(np.asarray(tokens) == eot_id)
+    starts = starts[starts <= tokens.size - block_size - 1]
+    if starts.size == 0:
+        raise ValueError(f"dataset: no document boundary leaves room for a window of block_size={block_size}")
+    return starts
+
+
 def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, block_size: int,
-                rows: slice = slice(None)) -> np.ndarray:
+                rows: slice = slice(None), starts: Optional[np.ndarray] = None) -> np.ndarray:
     """Rows `rows` of the global batch of random windows int32 [batch_size, block_size + 1]; a pure
-    function of (seed, step). Every process draws all offsets but reads only its own rows."""
+    function of (seed, step). Windows start anywhere, or with `starts` (`document_window_starts`)
+    at a random one of those offsets. Every process draws all offsets but reads only its own rows."""
     rng = np.random.default_rng([seed, step])
-    offsets = rng.integers(0, tokens.size - block_size - 1, size=batch_size)[rows]
+    if starts is None:
+        offsets = rng.integers(0, tokens.size - block_size - 1, size=batch_size)[rows]
+    else:
+        offsets = starts[rng.integers(0, starts.size, size=batch_size)][rows]
     return np.stack([tokens[o:o + block_size + 1] for o in offsets]).astype(np.int32)
 
 

@@ -206,6 +206,11 @@ def story_log_prob(text: str) -> float:
     return float(np.logaddexp.reduce([lp for _, lp in parses]))
 
 
+def is_story(text: str) -> bool:
+    """Whether the grammar produces `text` exactly (its `story_log_prob` is finite)."""
+    return bool(parse(text))
+
+
 def generate_stories(num_stories: int, seed: int):
     """`num_stories` stories and their log-probabilities (nats), from a seeded RNG."""
     rng = np.random.default_rng(seed)

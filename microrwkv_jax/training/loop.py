@@ -26,21 +26,32 @@ def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
     return "" if params_finite else "parameters are not finite after the update"
 
 
-def train(cfg) -> dict:
-    """Train (or with eval_only, evaluate) as `cfg` says, holding out_dir's lock. Returns the last metrics."""
+def relative_to_floor(loss: float, floor) -> str:
+    """"  entropy floor 0.0783 (+15.2%)" for a loss against the corpus's floor; "" without one."""
+    return f"  entropy floor {floor:.4f} ({loss / floor - 1:+.1%})" if floor else ""
+
+
+def story_rate_text(rate) -> str:
+    return "" if rate is None else f"  valid stories {round(rate * 64)}/64 ({rate:.0%})"
+
+
+def train(cfg, started: float = None) -> dict:
+    """Train (or with eval_only, evaluate) as `cfg` says, holding out_dir's lock. Returns the last
+    metrics. `started`: `time.time()` when the command started, for its time to the first step."""
+    started = time.time() if started is None else started
     out = pathlib.Path(cfg.out_dir)
     check_writable(out)
     run = Run(cfg)          # data and model first: bad input fails before out_dir is created
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_out_dir(out)
     try:
-        return _train_holding_lock(cfg, run, out)
+        return _train_holding_lock(cfg, run, out, started)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
+def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dict:
     from tqdm import tqdm
 
     manager = run_checkpoint_manager(out, keep=cfg.get("keep_checkpoints", 3))
@@ -66,15 +77,16 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
             manager.close()
             raise TrainingError(f"eval_only: no checkpoint in {out / 'checkpoints'} and init_from='scratch'; "
                                 "nothing to evaluate")
-        started = time.perf_counter()
+        eval_started = time.perf_counter()
         val = run.evaluate()
-        seconds, scored = time.perf_counter() - started, int(np.sum(run.val_targets >= 0))
-        record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor, "val_tokens": scored,
-                  "seconds": seconds}
+        seconds, scored = time.perf_counter() - eval_started, int(np.sum(run.val_targets >= 0))
+        rate = run.valid_story_rate(without_recurrence=True)
+        record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor, "valid_story_rate": rate,
+                  "val_tokens": scored, "seconds": seconds}
         baselines = pipeline.ngram_baselines(run.data.train, run.val_inputs, run.val_targets, run.tokenizer.vocab_size)
         record.update({f"{k}_loss": v for k, v in baselines.items()})
         say(f"eval: val_loss {val:.4f} nats/token over {scored:,} tokens in {seconds:.1f} s"
-            + (f"  floor {run.floor:.4f}" if run.floor is not None else "")
+            + relative_to_floor(val, run.floor) + story_rate_text(rate)
             + f"  (unigram {baselines['unigram']:.4f}, bigram {baselines['bigram']:.4f})")
         log_line(metrics_path, {"event": "eval_only", **record})
         manager.close()
@@ -84,11 +96,16 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
     bar = tqdm(total=cfg.num_train_steps, initial=run.step, disable=not run.progress, unit="step", dynamic_ncols=True)
     last, t_last, steps_since = {}, time.perf_counter(), 0
     deadline = time.monotonic() + 60 * cfg.max_train_minutes if cfg.get("max_train_minutes") else None
+    first_step, start_step, train_started = True, run.step, time.perf_counter()
     try:
         while run.step < cfg.num_train_steps:
             batch = run.global_batch(run.step)
             new_params, new_opt, metrics = run.train_step(run.params, run.opt_state, batch)
             loss = float(metrics["loss"])     # one host sync per step: a NaN must stop before it is saved
+            if first_step:
+                first_step, to_first_step = False, time.time() - started
+                log_line(metrics_path, {"event": "first_step", "step": run.step + 1,
+                                        "seconds_from_start": to_first_step})
             problem = non_finite(loss, float(metrics["grad_norm"]), bool(metrics["params_finite"]))
             if problem:
                 manager.wait_until_finished()
@@ -116,12 +133,13 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
             save_now = run.step % cfg.checkpoint_every == 0 or eval_now
             if eval_now:
                 val = run.evaluate()
-                record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor}
+                rate = run.valid_story_rate()
+                record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor, "valid_story_rate": rate}
                 log_line(metrics_path, record)
                 last.update(record)
                 if run.progress:
-                    bar.write(f"step {run.step}: val_loss {val:.4f}"
-                              + (f"  entropy floor {run.floor:.4f}" if run.floor else ""), file=sys.stderr)
+                    bar.write(f"step {run.step}: val_loss {val:.4f}" + relative_to_floor(val, run.floor)
+                              + story_rate_text(rate), file=sys.stderr)
             if save_now:
                 # A checkpoint competes for "best" only with a finite validation loss.
                 finite_val = eval_now and math.isfinite(last["val_loss"])
@@ -134,4 +152,40 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path) -> dict:
         bar.close()
         manager.wait_until_finished()
         manager.close()
+    if run.step > start_step:
+        seconds = time.perf_counter() - train_started
+        final = final_evaluation(run, last)
+        log_line(metrics_path, final)
+        if jax.process_index() == 0:
+            summarise(run, out, final, seconds=seconds, to_first_step=to_first_step, steps=run.step - start_step,
+                      say=say)
     return last
+
+
+def final_evaluation(run: Run, last: dict) -> dict:
+    """The trained model on every held-out document (periodic evaluations may score a prefix of
+    them, `eval_batches`), with the last valid-story rate."""
+    if run.held_out_inputs.shape[0] == run.val_inputs.shape[0]:
+        val = last["val_loss"]
+    else:
+        val = run.evaluate(run.held_out_inputs, run.held_out_targets)
+    return {"event": "final_eval", "step": run.step, "val_loss": val, "entropy_floor": run.held_out_floor,
+            "val_documents": run.held_out_docs, "valid_story_rate": last.get("valid_story_rate")}
+
+
+def summarise(run: Run, out: pathlib.Path, final: dict, seconds: float, to_first_step: float, steps: int,
+              say) -> None:
+    """The end of a run: where it got to (validation loss against the floor, valid stories), how
+    long it took, what it wrote (checkpoint, out/loss.png) and what to run next."""
+    from microrwkv_jax.plot import plot_runs
+
+    plot = plot_runs([out], out / "loss.png")
+    val = final["val_loss"]
+    say(f"\ndone: {steps} steps in {seconds / 60:.1f} min ({to_first_step:.0f} s from the command to the first step)")
+    say(f"  validation loss {val:.4f} nats/token on {final['val_documents']} held-out documents"
+        + relative_to_floor(val, final["entropy_floor"]).replace("  ", ", ", 1)
+        + story_rate_text(final["valid_story_rate"]).replace("  ", ", ", 1))
+    say(f"  checkpoint: {out / 'checkpoints' / str(run.step)}")
+    say(f"  loss curves: {plot}")
+    out_flag = "" if out == pathlib.Path("out") else f" --out_dir {out}"
+    say(f"  next: python sample.py{out_flag} --prompt \"One day\"")

@@ -19,7 +19,7 @@ from microrwkv_jax.checkpoints import CorruptCheckpointError, ParamCodec, tree_c
 from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
-from microrwkv_jax.families import abstract_model, build_model, model_config_from, train_flops_per_token
+from microrwkv_jax.families import abstract_model, build_model, get_family, model_config_from, train_flops_per_token
 from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.loading import load_params
 from microrwkv_jax.training.distributed import process_rows
@@ -55,9 +55,14 @@ class Run:
         if self.data.train.size < block + 2:
             raise TrainingError(f"dataset {cfg.dataset!r}: {self.data.train.size} training tokens, fewer than "
                                 f"block_size + 2 = {block + 2}")
+        self.window_starts = (pipeline.document_window_starts(self.data.train, self.tokenizer.eot_id, block)
+                              if cfg.data.get("document_windows") and not cfg.eval_only else None)
         self.val_inputs, self.val_targets, used, window_of_doc = pipeline.val_windows(
             self.data, block, self.tokenizer.eot_id)
-        if cfg.eval_batches:     # score a fixed prefix of the held-out windows
+        # Every held-out document that fits a window, for the evaluation at the end of training.
+        self.held_out_inputs, self.held_out_targets, self.held_out_docs = self.val_inputs, self.val_targets, len(used)
+        self.held_out_floor = pipeline.floor_for_documents(self.data.info, used, int(np.sum(self.val_targets >= 0)))
+        if cfg.eval_batches:     # periodic evaluations score a fixed prefix of the held-out windows
             keep = cfg.eval_batches * cfg.batch_size
             self.val_inputs, self.val_targets = self.val_inputs[:keep], self.val_targets[:keep]
             used = used[window_of_doc < keep]
@@ -97,16 +102,19 @@ class Run:
         """The global batch of `step` as a sharded array; each process supplies only its rows."""
         cfg = self.cfg
         local = pipeline.train_batch(self.data.train, cfg.seed, step, cfg.batch_size, self.model_config.block_size,
-                                     process_rows(cfg.batch_size))
+                                     process_rows(cfg.batch_size), self.window_starts)
         return jax.make_array_from_process_local_data(self.steps.batch_sharding, local,
                                                       (cfg.batch_size, self.model_config.block_size + 1))
 
-    def evaluate(self) -> float:
+    def evaluate(self, inputs=None, targets=None) -> float:
+        """Mean loss (nats/token) over held-out windows: the periodic ones by default."""
+        inputs = self.val_inputs if inputs is None else inputs
+        targets = self.val_targets if targets is None else targets
         total, count = 0.0, 0
         b = self.cfg.batch_size
-        n = self.val_inputs.shape[0]
+        n = inputs.shape[0]
         for i in range(0, n, b):
-            x, y = self.val_inputs[i:i + b], self.val_targets[i:i + b]
+            x, y = inputs[i:i + b], targets[i:i + b]
             if x.shape[0] < b:   # pad to the static batch with unscored rows
                 x = np.concatenate([x, np.full((b - x.shape[0], x.shape[1]), self.tokenizer.eot_id, np.int32)])
                 y = np.concatenate([y, np.full((b - y.shape[0], y.shape[1]), -1, np.int32)])
@@ -117,6 +125,21 @@ class Run:
             total += float(loss_sum)
             count += int(n_tok)
         return total / max(count, 1)
+
+    def valid_story_rate(self, without_recurrence: bool = False) -> Optional[float]:
+        """On the built-in story corpus, the fraction of 64 stories sampled at temperature 1 that
+        its grammar accepts (`story_samples`); None for other datasets, and for a family with no
+        recurrent sampler (the published architecture reruns its window for every token: minutes
+        per evaluation) unless `without_recurrence`. Each process samples from its own copy of
+        the (replicated) parameters."""
+        if self.cfg.dataset != "stories":
+            return None
+        if not get_family(self.model_config.arch).recurrent and not without_recurrence:
+            return None
+        from microrwkv_jax.training.story_samples import valid_story_rate
+        local = {name: value.addressable_data(0) for name, value in self.params.items()}
+        rate, _ = valid_story_rate(self.codec.model(local), self.tokenizer)
+        return rate
 
     # -- checkpoints ----------------------------------------------------------------------------
     def meta(self) -> dict:

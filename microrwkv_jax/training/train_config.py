@@ -14,8 +14,8 @@ from microrwkv_jax.config import DTYPES
 from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokenizer_vocab_size
 from microrwkv_jax.families import model_config_from
 
-# Every key a run reads unconditionally (`distributed`, `keep_checkpoints`, `loss_chunk_elements`,
-# `max_train_minutes`, `param_dtype` and `peak_flops` are optional).
+# Every key a run reads unconditionally (`compilation_cache`, `distributed`, `keep_checkpoints`,
+# `loss_chunk_elements`, `max_train_minutes`, `param_dtype` and `peak_flops` are optional).
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
                  "eval_every", "eval_batches", "log_every", "checkpoint_every", "learning_rate", "min_learning_rate",
                  "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "moe_aux_weight", "tokenizer",

@@ -105,6 +105,21 @@ def test_train_batches_are_a_pure_function_of_seed_and_step():
     np.testing.assert_array_equal(np.diff(a, axis=1), 1)     # contiguous windows
 
 
+def test_document_windows_start_at_an_end_of_text_and_stay_a_pure_function_of_seed_and_step():
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 256, size=n) for n in rng.integers(5, 60, size=300)]
+    tokens = np.concatenate([np.append(d, 256) for d in docs]).astype(np.uint16)     # each ends with end-of-text
+    starts = pipeline.document_window_starts(tokens, 256, 32)
+    np.testing.assert_array_equal(starts, np.flatnonzero(tokens[:tokens.size - 32] == 256))
+    a = pipeline.train_batch(tokens, 3, 17, 64, 32, starts=starts)
+    np.testing.assert_array_equal(a, pipeline.train_batch(tokens, 3, 17, 64, 32, starts=starts))
+    assert a.shape == (64, 33) and np.all(a[:, 0] == 256)
+    assert {tuple(row) for row in a} <= {tuple(tokens[o:o + 33]) for o in starts}
+    assert np.array_equal(pipeline.train_batch(tokens, 3, 17, 64, 32, rows=slice(8, 16), starts=starts), a[8:16])
+    with pytest.raises(ValueError, match="no document boundary leaves room for a window of block_size=32"):
+        pipeline.document_window_starts(tokens[:20], 256, 32)
+
+
 def test_cache_is_reused_and_local_files_are_read(tmp_path):
     (tmp_path / "a.txt").write_text("First story.\n\nSecond story.\n\n\nThird one.")
     (tmp_path / "b.txt").write_text("Doc one<|endoftext|>Doc two\n\n still two<|endoftext|>")

@@ -36,8 +36,14 @@ def train_cli(out_dir, *flags, config="configs/tiny.py", env=None, check=True, c
 
 
 def metrics(out_dir):
+    """(training records, periodic evaluation records) of a run's metrics.jsonl."""
     lines = [json.loads(l) for l in (pathlib.Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [m for m in lines if "loss" in m], [m for m in lines if "val_loss" in m]
+    return [m for m in lines if "loss" in m], [m for m in lines if "val_loss" in m and "event" not in m]
+
+
+def events(out_dir, name):
+    lines = [json.loads(l) for l in (pathlib.Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if m.get("event") == name]
 
 
 def final_params(out_dir):
@@ -57,6 +63,22 @@ def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     assert all(np.isfinite(m["loss"]) for m in train) and train[-1]["loss"] < train[0]["loss"]
     assert [m["step"] for m in val] == [2, 4] and val[0]["entropy_floor"] > 0
     assert "entropy floor of the held-out stories" in done.stderr
+    # The valid-story rate at every evaluation, for the families that sample recurrently.
+    rates = [m["valid_story_rate"] for m in val]
+    if config == "configs/microrwkv_ref.py":
+        assert rates == [None, None]
+    else:
+        assert all(0.0 <= r <= 1.0 for r in rates) and "valid stories " in done.stderr
+    (final,) = events(out, "final_eval")
+    # (periodic evaluations score eval_batches=1 batch; the final one every held-out story)
+    assert final["step"] == 4 and final["val_documents"] == 20 and np.isfinite(final["val_loss"])
+    assert abs(final["val_loss"] / val[-1]["val_loss"] - 1) < 0.1 and final["entropy_floor"] > 0
+    (first,) = events(out, "first_step")
+    assert 0 < first["seconds_from_start"] < 600
+    summary = done.stderr[done.stderr.index("done: 4 steps in "):]
+    assert f"validation loss {final['val_loss']:.4f} nats/token on 20 held-out documents, entropy floor " in summary
+    assert f"checkpoint: {out / 'checkpoints' / '4'}" in summary and (out / "loss.png").stat().st_size > 0
+    assert summary.rstrip().endswith(f'next: python sample.py --out_dir {out} --prompt "One day"')
     params, meta = final_params(out)
     assert meta["step"] == 4 and meta["tokenizer"] == "byte"
     assert meta["data_position"] == {"seed": 0, "next_step": 4} and "seed" not in meta    # stored once
