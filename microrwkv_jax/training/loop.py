@@ -7,6 +7,7 @@ import math
 import pathlib
 import sys
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from microrwkv_jax.checkpoints import run_checkpoint_manager
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.families import get_family
 from microrwkv_jax.training.run import Run, TrainingError, check_writable, lock_out_dir, log_line
+from microrwkv_jax.training.story_samples import NUM_SAMPLES
 
 
 def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
@@ -32,10 +34,10 @@ def relative_to_floor(loss: float, floor) -> str:
 
 
 def story_rate_text(rate) -> str:
-    return "" if rate is None else f"  valid stories {round(rate * 64)}/64 ({rate:.0%})"
+    return "" if rate is None else f"  valid stories {round(rate * NUM_SAMPLES)}/{NUM_SAMPLES} ({rate:.0%})"
 
 
-def train(cfg, started: float = None) -> dict:
+def train(cfg, started: Optional[float] = None) -> dict:
     """Train (or with eval_only, evaluate) as `cfg` says, holding out_dir's lock. Returns the last
     metrics. `started`: `time.time()` when the command started, for its time to the first step."""
     started = time.time() if started is None else started
@@ -80,7 +82,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
         eval_started = time.perf_counter()
         val = run.evaluate()
         seconds, scored = time.perf_counter() - eval_started, int(np.sum(run.val_targets >= 0))
-        rate = run.valid_story_rate(without_recurrence=True)
+        rate = run.valid_story_rate()
         record = {"step": run.step, "val_loss": val, "entropy_floor": run.floor, "valid_story_rate": rate,
                   "val_tokens": scored, "seconds": seconds}
         baselines = pipeline.ngram_baselines(run.data.train, run.val_inputs, run.val_targets, run.tokenizer.vocab_size)

@@ -126,15 +126,13 @@ class Run:
             count += int(n_tok)
         return total / max(count, 1)
 
-    def valid_story_rate(self, without_recurrence: bool = False) -> Optional[float]:
+    def valid_story_rate(self) -> Optional[float]:
         """On the built-in story corpus, the fraction of 64 stories sampled at temperature 1 that
         its grammar accepts (`story_samples`); None for other datasets, and for a family with no
-        recurrent sampler (the published architecture reruns its window for every token: minutes
-        per evaluation) unless `without_recurrence`. Each process samples from its own copy of
-        the (replicated) parameters."""
-        if self.cfg.dataset != "stories":
-            return None
-        if not get_family(self.model_config.arch).recurrent and not without_recurrence:
+        recurrent sampler: the published architecture reruns its window for every token and
+        compiles each new window length, minutes per evaluation. Each process samples from its
+        own copy of the (replicated) parameters."""
+        if self.cfg.dataset != "stories" or not get_family(self.model_config.arch).recurrent:
             return None
         from microrwkv_jax.training.story_samples import valid_story_rate
         local = {name: value.addressable_data(0) for name, value in self.params.items()}
