@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss_chunk_elements = ml_collections.FieldReference(None, field_type=int)
     c.eval_every = 100                # steps between evaluations (loss and, on stories, valid stories)
     c.eval_batches = 4                # validation windows scored per eval: eval_batches * batch_size
+    c.valid_story_samples = 64        # stories sampled per eval on the built-in corpus (0: none)
     c.log_every = 10                  # steps between metrics.jsonl lines
     c.checkpoint_every = 100          # steps between checkpoints (an evaluation also saves one)
     c.keep_checkpoints = 3            # the newest ones kept, plus the best by validation loss

@@ -16,7 +16,6 @@ from microrwkv_jax.checkpoints import run_checkpoint_manager
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.families import get_family
 from microrwkv_jax.training.run import Run, TrainingError, check_writable, lock_out_dir, log_line
-from microrwkv_jax.training.story_samples import NUM_SAMPLES
 
 
 def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
@@ -33,8 +32,8 @@ def relative_to_floor(loss: float, floor) -> str:
     return f"  entropy floor {floor:.4f} ({loss / floor - 1:+.1%})" if floor else ""
 
 
-def story_rate_text(rate) -> str:
-    return "" if rate is None else f"  valid stories {round(rate * NUM_SAMPLES)}/{NUM_SAMPLES} ({rate:.0%})"
+def story_rate_text(rate, samples: int) -> str:
+    return "" if rate is None else f"  valid stories {round(rate * samples)}/{samples} ({rate:.0%})"
 
 
 def train(cfg, started: Optional[float] = None) -> dict:
@@ -88,7 +87,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
         baselines = pipeline.ngram_baselines(run.data.train, run.val_inputs, run.val_targets, run.tokenizer.vocab_size)
         record.update({f"{k}_loss": v for k, v in baselines.items()})
         say(f"eval: val_loss {val:.4f} nats/token over {scored:,} tokens in {seconds:.1f} s"
-            + relative_to_floor(val, run.floor) + story_rate_text(rate)
+            + relative_to_floor(val, run.floor) + story_rate_text(rate, run.story_samples)
             + f"  (unigram {baselines['unigram']:.4f}, bigram {baselines['bigram']:.4f})")
         log_line(metrics_path, {"event": "eval_only", **record})
         manager.close()
@@ -141,7 +140,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
                 last.update(record)
                 if run.progress:
                     bar.write(f"step {run.step}: val_loss {val:.4f}" + relative_to_floor(val, run.floor)
-                              + story_rate_text(rate), file=sys.stderr)
+                              + story_rate_text(rate, run.story_samples), file=sys.stderr)
             if save_now:
                 # A checkpoint competes for "best" only with a finite validation loss.
                 finite_val = eval_now and math.isfinite(last["val_loss"])
@@ -186,7 +185,7 @@ def summarise(run: Run, out: pathlib.Path, final: dict, seconds: float, to_first
     say(f"\ndone: {steps} steps in {seconds / 60:.1f} min ({to_first_step:.0f} s from the command to the first step)")
     say(f"  validation loss {val:.4f} nats/token on {final['val_documents']} held-out documents"
         + relative_to_floor(val, final["entropy_floor"]).replace("  ", ", ", 1)
-        + story_rate_text(final["valid_story_rate"]).replace("  ", ", ", 1))
+        + story_rate_text(final["valid_story_rate"], run.story_samples).replace("  ", ", ", 1))
     say(f"  checkpoint: {out / 'checkpoints' / str(run.step)}")
     say(f"  loss curves: {plot}")
     out_flag = "" if out == pathlib.Path("out") else f" --out_dir {out}"

@@ -24,6 +24,7 @@ from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.loading import load_params
 from microrwkv_jax.training.distributed import process_rows
 from microrwkv_jax.training.steps import ShardedSteps
+from microrwkv_jax.training.story_samples import NUM_SAMPLES, valid_story_rate
 
 
 class TrainingError(RuntimeError):
@@ -126,17 +127,22 @@ class Run:
             count += int(n_tok)
         return total / max(count, 1)
 
+    @property
+    def story_samples(self) -> int:
+        """Stories sampled per evaluation (config `valid_story_samples`; 0: none)."""
+        return self.cfg.get("valid_story_samples", NUM_SAMPLES)
+
     def valid_story_rate(self) -> Optional[float]:
-        """On the built-in story corpus, the fraction of 64 stories sampled at temperature 1 that
-        its grammar accepts (`story_samples`); None for other datasets, and for a family with no
-        recurrent sampler: the published architecture reruns its window for every token and
-        compiles each new window length, minutes per evaluation. Each process samples from its
-        own copy of the (replicated) parameters."""
-        if self.cfg.dataset != "stories" or not get_family(self.model_config.arch).recurrent:
+        """On the built-in story corpus, the fraction of `story_samples` stories sampled at
+        temperature 1 that its grammar accepts (`story_samples`); None for other datasets, with
+        none to sample, and for a family with no recurrent sampler: the published architecture
+        reruns its window for every token and compiles each new window length, minutes per
+        evaluation. Each process samples from its own copy of the (replicated) parameters."""
+        if (self.cfg.dataset != "stories" or not self.story_samples
+                or not get_family(self.model_config.arch).recurrent):
             return None
-        from microrwkv_jax.training.story_samples import valid_story_rate
         local = {name: value.addressable_data(0) for name, value in self.params.items()}
-        rate, _ = valid_story_rate(self.codec.model(local), self.tokenizer)
+        rate, _ = valid_story_rate(self.codec.model(local), self.tokenizer, self.story_samples)
         return rate
 
     # -- checkpoints ----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokeniz
 from microrwkv_jax.families import model_config_from
 
 # Every key a run reads unconditionally (`compilation_cache`, `distributed`, `keep_checkpoints`,
-# `loss_chunk_elements`, `max_train_minutes`, `param_dtype` and `peak_flops` are optional).
+# `loss_chunk_elements`, `max_train_minutes`, `param_dtype`, `peak_flops` and
+# `valid_story_samples` are optional).
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
                  "eval_every", "eval_batches", "log_every", "checkpoint_every", "learning_rate", "min_learning_rate",
                  "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "moe_aux_weight", "tokenizer",
@@ -42,6 +43,9 @@ def validate_config(cfg) -> None:
     for key in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip"):
         if cfg[key] < 0 or not math.isfinite(cfg[key]):
             raise ValueError(f"{key}={cfg[key]!r}: must be a finite number >= 0")
+    samples = cfg.get("valid_story_samples", 0)
+    if not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"valid_story_samples={samples!r}: must be an integer >= 0")
     if cfg.warmup_steps < 0:
         raise ValueError(f"warmup_steps={cfg.warmup_steps!r}: must be >= 0")
     if not isinstance(cfg.init_from, str) or not cfg.init_from:

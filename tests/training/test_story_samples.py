@@ -53,3 +53,14 @@ def test_a_random_model_samples_64_stories_the_grammar_rejects():
     model = LanguageModel(tiny_config("hybrid", vocab_size=257), rngs=nnx.Rngs(0))
     rate, texts = story_samples.valid_story_rate(model, get_tokenizer("byte"))
     assert len(texts) == 64 and rate == 0.0
+
+
+def test_the_command_scores_a_checkpoint_and_refuses_a_missing_one(tmp_path, capsys):
+    from microrwkv_jax.checkpoints import save_model_dir
+    model = LanguageModel(tiny_config("rwkv", vocab_size=257), rngs=nnx.Rngs(0))
+    save_model_dir(tmp_path / "model", model, {"model": model.config.to_dict(), "tokenizer": "byte"})
+    assert story_samples.main([str(tmp_path / "model"), "--num_samples", "4", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == "valid stories: 0/4 (0%)" and len(out.splitlines()) >= 3
+    assert story_samples.main([str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err.startswith("story_samples: error: ")

@@ -21,7 +21,8 @@ TINY = ["--config.num_train_steps=4", "--config.batch_size=4", "--config.eval_ev
         "--config.data.num_train_stories=300", "--config.data.num_val_stories=20",
         "--config.model.block_size=384", "--config.model.n_layer=2", "--config.model.n_embd=32",
         "--config.model.n_head=2", "--config.model.n_kv_head=1", "--config.model.swa_window=16",
-        "--config.model.expert_dim=32", "--config.model.chunk_size=32"]
+        "--config.model.expert_dim=32", "--config.model.chunk_size=32",
+        "--config.valid_story_samples=0"]     # (sampled stories: only where a test checks them)
 
 
 def train_cli(out_dir, *flags, config="configs/tiny.py", env=None, check=True, cache=None):
@@ -57,7 +58,7 @@ def final_params(out_dir):
 @pytest.mark.parametrize("config", ["configs/tiny.py", "configs/rwkv.py", "configs/gpt.py", "configs/microrwkv_ref.py"])
 def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     out = tmp_path / "run"
-    done = train_cli(out, config=config)
+    done = train_cli(out, "--config.valid_story_samples=8", config=config)
     train, val = metrics(out)
     assert [m["step"] for m in train] == [1, 2, 3, 4]
     assert all(np.isfinite(m["loss"]) for m in train) and train[-1]["loss"] < train[0]["loss"]
@@ -68,7 +69,7 @@ def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     if config == "configs/microrwkv_ref.py":
         assert rates == [None, None]
     else:
-        assert all(0.0 <= r <= 1.0 for r in rates) and "valid stories " in done.stderr
+        assert all(0.0 <= r <= 1.0 for r in rates) and "valid stories 0/8 (0%)" in done.stderr
     (final,) = events(out, "final_eval")
     # (periodic evaluations score eval_batches=1 batch; the final one every held-out story)
     assert final["step"] == 4 and final["val_documents"] == 20 and np.isfinite(final["val_loss"])
@@ -224,6 +225,7 @@ def test_eval_only_reports_validation_loss(tmp_path):
     (["--config.model.n_head=3"], "model.n_embd=32: must be divisible by n_head=3"),
     (["--config.batch_size=0"], "batch_size=0: must be a positive integer"),
     (["--config.loss_chunk_elements=-5"], "loss_chunk_elements=-5: must be a positive integer"),
+    (["--config.valid_story_samples=-1"], "valid_story_samples=-1: must be an integer >= 0"),
     (["--config.init_from=/nonexistent/ckpt"], "init_from='/nonexistent/ckpt': no such checkpoint"),
 ])
 def test_bad_config_fails_before_work_with_one_line(tmp_path, flags, message):
