@@ -7,8 +7,8 @@ The validation loss says how well a model predicts held-out stories; it cannot s
 model writes one. Sampling does: `NUM_SAMPLES` stories at temperature 1, each from end-of-text to
 the next end-of-text, are parsed by the grammar (`stories.is_story`). A story that switches its
 hero's name or object midway, or does not end within `block_size` tokens, is not accepted. A
-model at the entropy floor writes grammar stories every time; the published architecture, whose
-loss is below the floor because it sees the future, writes few (it never learned to predict).
+model at the entropy floor writes grammar stories every time. (The published architecture's loss
+is below the floor because it sees the future; its rate is what says whether it can write.)
 """
 
 from __future__ import annotations
