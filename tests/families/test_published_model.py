@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch", reason="torch is the test extra: pip instal
 
 from microrwkv_jax import load_model  # noqa: E402
 from microrwkv_jax.convert import convert_to_model_dir  # noqa: E402
+from microrwkv_jax.families.published.sampling import last_logits_rowwise  # noqa: E402
 from microrwkv_jax.sampling import generate  # noqa: E402
 from tests.families.published_helpers import jax_logits, random_tokens, torch_logits, torch_model  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
@@ -49,6 +50,17 @@ def test_greedy_decoding_matches_pytorch_generate(converted):
     expected = tm.generate(torch.tensor(np.array(prompt), dtype=torch.long), 32, top_k=1).numpy()
     ours = generate(model, np.asarray(prompt), max_new_tokens=32, temperature=0.0)
     np.testing.assert_array_equal(np.asarray(ours), expected[:, 5:])
+
+
+def test_sampler_runs_each_row_alone(converted):
+    """The model mixes the rows of a batch; its sampler runs each row at batch 1, as PyTorch's
+    `generate` samples one prompt, so a sample does not depend on the others drawn with it."""
+    tm, model, _, _ = converted
+    context = random_tokens(11, 3, 40)
+    rowwise = np.asarray(last_logits_rowwise(model, context))
+    for row in range(3):
+        assert rel_err(rowwise[row], torch_logits(tm, context[row:row + 1])[0, -1]) <= 1e-5
+    assert rel_err(rowwise, torch_logits(tm, context)[:, -1]) > 1e-4      # the batch forward mixes rows
 
 
 def test_torch_reference_chunked_wkv_equals_its_token_loop():

@@ -1,5 +1,10 @@
 """The published architecture's sampler: it is not causal and has no recurrent form, so, like
-the original, it reruns the whole (cropped) context for every new token."""
+the original, it reruns the whole (cropped) context for every new token.
+
+Each row is sampled as if it were alone (batch 1, as the original samples a prompt): the
+published model mixes the rows of a batch (README), and one sample should not depend on which
+others were drawn with it. Every context length compiles once (the model's reshapes depend on
+it); the persistent compilation cache keeps them for the next run."""
 
 from __future__ import annotations
 
@@ -13,9 +18,16 @@ from flax import nnx
 from microrwkv_jax.decoding import row_keys, sample_logits
 
 
+def last_logits_rowwise(model, context):
+    """The last position's logits of each row of `context` [B, T], each row run on its own
+    (batch 1) -> float32 [B, vocab]."""
+    return jax.vmap(lambda row: model(row[None])[0, -1])(context)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
 def reforward_next(graphdef, params, context, keys, temperature, top_k, top_p):
-    logits = nnx.merge(graphdef, params)(context)[:, -1]
+    """The next token of each row of `context` [B, T] -> int [B]."""
+    logits = last_logits_rowwise(nnx.merge(graphdef, params), context)
     return sample_logits(logits, keys, temperature, top_k, top_p)
 
 
