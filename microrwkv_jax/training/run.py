@@ -170,6 +170,7 @@ class Run:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
+            self.check_param_shapes(manager, step)
             raise unreadable(where, err) from None
         if restored.meta["model"] != self.model_config.to_dict():
             raise TrainingError(f"{self.out_dir}: its checkpoint is of another model config; "
@@ -182,6 +183,25 @@ class Run:
         if self.opt_state is not None:
             self.opt_state = restored.opt_state
         self.step = int(restored.meta["step"])
+
+    def check_param_shapes(self, manager, step: int) -> None:
+        """Raise TrainingError if the checkpoint of `step` is intact but its parameters do not have
+        this model's shapes (another model, or a layout an older version wrote): it is not corrupt
+        and must not be moved aside. Returns when they match or the files cannot be read."""
+        try:
+            stored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+            shapes = {name: tuple(value.shape) for name, value in stored.params.items()}
+        except Exception:     # unreadable: the caller reports it as corrupt
+            return
+        for name, value in self.params.items():
+            if shapes.get(name, tuple(value.shape)) != tuple(value.shape):
+                raise TrainingError(f"{self.out_dir / 'checkpoints' / str(step)}: parameter {name} has shape "
+                                    f"{shapes[name]}, this model's is {tuple(value.shape)} (a checkpoint of "
+                                    "another model or of an older microrwkv_jax layout); use another out_dir")
+        missing = sorted(set(self.params) - set(shapes))
+        if missing:
+            raise TrainingError(f"{self.out_dir / 'checkpoints' / str(step)}: parameters {missing[:3]} are missing "
+                                "(a checkpoint of another model or version); use another out_dir")
 
     def resume(self, manager, say) -> Optional[int]:
         """Restore the newest intact checkpoint. A corrupt newer one is moved aside (renamed

@@ -194,6 +194,32 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_one_warning_and_refused_by_
     assert meta["step"] == 6
 
 
+def test_a_checkpoint_of_another_layout_is_refused_not_moved_aside(tmp_path):
+    """An intact checkpoint whose parameters have other shapes (an older layout) is not corrupt:
+    resuming refuses with one line and leaves it where it is."""
+    import orbax.checkpoint as ocp
+    from microrwkv_jax.checkpoints import run_checkpoint_manager
+    out = tmp_path / "run"
+    train_cli(out, "--config.model.family=rwkv", "--config.num_train_steps=2")
+    manager = run_checkpoint_manager(out)
+    old = manager.restore(2, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+                                                     opt_state=ocp.args.StandardRestore(),
+                                                     meta=ocp.args.JsonRestore()))
+    name = "blocks/0/channel_mix/key/kernel"
+    params = {**old.params, name: np.asarray(old.params[name]).T}      # [C, F] stored as [F, C]
+    manager.save(3, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                            opt_state=ocp.args.StandardSave(old.opt_state),
+                                            meta=ocp.args.JsonSave({**old.meta, "step": 3})))
+    manager.wait_until_finished()
+    shape = tuple(params[name].shape)
+    done = train_cli(out, "--config.model.family=rwkv", "--config.num_train_steps=4", check=False)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: {out / 'checkpoints' / '3'}: parameter {name} has shape {shape}, this model's is "
+        f"{shape[::-1]} (a checkpoint of another model or of an older microrwkv_jax layout); use another out_dir")
+    assert (out / "checkpoints" / "3").is_dir() and not list((out / "checkpoints").glob("*.corrupt-*"))
+
+
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
     from microrwkv_jax.checkpoints import latest_run_checkpoint
     out = tmp_path / "run"
