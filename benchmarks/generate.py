@@ -57,13 +57,13 @@ def recurrent_ms_per_token(model, context: int, block: int, batch: int = 1) -> t
     state = model.init_state(batch, decoding.cache_capacity(context + block * (runs + 1)))
     state["pos"] = jnp.asarray(context, jnp.int32)
     size = state_bytes(state)
-    logits = jnp.zeros((batch, model.config.vocab_size), jnp.float32)
+    token = jnp.zeros((batch,), jnp.int32)
     done = jnp.zeros((batch,), bool)
     carry = [state]
 
     def fn():
-        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], logits, done, block, 0.0, None,
-                                                       None, 0, -1)
+        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], token, done, block, block, 0.0,
+                                                       None, None, 0, -1)
         tokens.block_until_ready()
 
     return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, size

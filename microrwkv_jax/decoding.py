@@ -1,7 +1,8 @@
 """Recurrent decoding, for every family whose model runs as a recurrence.
 
-The prompt is prefilled in parallel (chunked WKV, attention over the prompt) into a decoding
-state, then a compiled `lax.scan` samples and feeds back `block` tokens per device call.
+The prompt (but its last token) is prefilled in parallel (chunked WKV, attention over the
+prompt) into a decoding state, then one compiled loop feeds a token, samples the next and feeds
+it back, up to `block` tokens per device call.
 Per-token work happens on the device; the host only streams each finished block. The prompt
 is fed in pieces of PREFILL_PIECE tokens and powers of two, so a new prompt length does not
 recompile. A model only needs `init_state(batch, max_len)`, `forward(tokens, state)`,
@@ -67,27 +68,32 @@ def prefill_piece(graphdef, params, state, tokens):
     return tied_logits(x[:, -1:], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8), donate_argnums=(2,),
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9), donate_argnums=(2,),
                    compiler_options=DECODE_COMPILER_OPTIONS)
-def decode_block(graphdef, params, state, last_logits, done, block, temperature, top_k, top_p, seed,
-                 stop_token):
-    """Sample `block` tokens, feeding each back. Returns (tokens [B, block], state, logits, done).
+def decode_block(graphdef, params, state, token, done, steps, block, temperature, top_k, top_p, seed, stop_token):
+    """Feed `token` [B] (the newest token, not yet in `state`), then sample `steps` tokens, feeding
+    each back but the last. Returns (tokens [B, block] whose first `steps` columns are the samples,
+    state, the last sample [B] (not yet fed), done [B]).
 
-    `state` is donated: the loop updates the caches in place instead of first copying them (a
-    copy of a 1.6 GB cache per call is 100 MB per token at 16 tokens per call); use the returned one."""
+    `steps` (1 <= steps <= block) is a traced loop bound, so the first token (alone, to stream at
+    once) and every later block share one compiled function. `state` is donated: the loop updates
+    the caches in place instead of first copying them (a copy of a 1.6 GB cache per call is 100 MB
+    per token at 16 tokens per call); use the returned one."""
     model = nnx.merge(graphdef, params)
-    batch = last_logits.shape[0]
+    batch = token.shape[0]
 
-    def step(carry, _):
-        state, logits, done = carry
-        token = sample_logits(logits, row_keys(seed, batch, state["pos"]), temperature, top_k, top_p)
+    def step(i, carry):
+        state, token, done, tokens = carry
+        logits, state, _ = model.forward(token[:, None], state)
+        # Row r's key depends on the position being sampled (state["pos"], the tokens fed so far).
+        token = sample_logits(logits[:, 0], row_keys(seed, batch, state["pos"]), temperature, top_k, top_p)
         token = jnp.where(done, stop_token, token)
         done = done | (token == stop_token)
-        logits, state, _ = model.forward(token[:, None], state)
-        return (state, logits[:, 0], done), token
+        return state, token, done, jax.lax.dynamic_update_index_in_dim(tokens, token, i, axis=1)
 
-    (state, last_logits, done), tokens = jax.lax.scan(step, (state, last_logits, done), None, length=block)
-    return tokens.T, state, last_logits, done
+    tokens = jnp.zeros((batch, block), jnp.int32)
+    state, token, done, tokens = jax.lax.fori_loop(0, steps, step, (state, token, done, tokens))
+    return tokens, state, token, done
 
 
 def grow_state(model, state, batch: int, capacity: int):
@@ -136,21 +142,25 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
     b, t = prompt.shape
     capacity = cache_capacity(t + block)        # grown as generation goes, never sized for the worst case
     state = model.init_state(b, capacity)
-    logits, state = prefill_graph(graphdef, params, state, prompt)
+    # The prompt's last token is fed by the first decode call (a one-token prompt, the usual
+    # start from end-of-text, needs no prefill); the rest is prefilled in parallel.
+    if t > 1:
+        _, state = prefill_graph(graphdef, params, state, prompt[:, :-1])
+    token = jnp.asarray(prompt[:, -1])
     done = jnp.zeros((b,), bool)
     stop = -1 if stop_token is None else int(stop_token)
     out = []
     produced = 0
     while produced < max_new_tokens:
         # The first token comes alone, so that it streams as soon as it exists; then whole blocks.
-        size = 1 if produced == 0 else block
-        if t + produced + size > capacity:
-            capacity = cache_capacity(t + produced + size)
+        steps = 1 if produced == 0 else min(block, max_new_tokens - produced)
+        if t + produced + steps > capacity:
+            capacity = cache_capacity(t + produced + steps)
             state = grow_state(model, state, b, capacity)
-        tokens, state, logits, done = decode_block(graphdef, params, state, logits, done, size, float(temperature),
-                                                   top_k, top_p, seed, stop)
-        tokens = np.asarray(tokens)[:, : max_new_tokens - produced]
-        produced += tokens.shape[1]
+        tokens, state, token, done = decode_block(graphdef, params, state, token, done, steps, block,
+                                                  float(temperature), top_k, top_p, seed, stop)
+        tokens = np.asarray(tokens)[:, :steps]
+        produced += steps
         out.append(tokens)
         if on_tokens is not None:
             on_tokens(tokens)

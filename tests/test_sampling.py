@@ -71,11 +71,21 @@ def test_batched_samples_equal_samples_drawn_one_at_a_time():
 
 def test_new_prompt_lengths_do_not_recompile():
     model = make("rwkv")
-    sampling.generate(model, prompt_tokens(3, 1, 127), 20, temperature=0.0)   # pieces 64, 32, ..., 1
+    # All but the last prompt token are prefilled: 127 tokens in pieces 64, 32, ..., 1.
+    sampling.generate(model, prompt_tokens(3, 1, 128), 20, temperature=0.0)
     sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size())
-    for length in (3, 41, 130, 150, 200):
+    for length in (1, 3, 41, 130, 150, 200):
         sampling.generate(model, prompt_tokens(4, 1, length), 20, temperature=0.0)
     assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size()) == sizes
+
+
+def test_a_one_token_prompt_compiles_one_function():
+    """From end-of-text (sample.py's default, story sampling), nothing is prefilled, and the first
+    token (streamed alone) and the later blocks share one compiled loop."""
+    model = make("rwkv", n_embd=48)          # a shape no other test compiles
+    sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size())
+    sampling.generate(model, prompt_tokens(6, 2, 1), 40, temperature=1.0)
+    assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size()) == (sizes[0] + 1, sizes[1])
 
 
 def test_stop_token_ends_rows_and_pads():
