@@ -31,6 +31,10 @@ class ByteTokenizer:
     def encode(self, text: str) -> list:
         return list(text.encode("utf-8"))
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as a uint8 array (what data preparation writes)."""
+        return np.frombuffer(text.encode("utf-8"), np.uint8)
+
     def decode(self, tokens) -> str:
         return bytes(int(t) for t in tokens if 0 <= int(t) < 256).decode("utf-8", errors="replace")
 
@@ -60,6 +64,11 @@ class GPT2Tokenizer:
     def encode(self, text: str) -> list:
         return self.enc.encode_ordinary(text)
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as a uint32 array, made without a Python list (and without holding Python's
+        lock: threads tokenise in parallel). No special tokens: <|endoftext|> in text is text."""
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
     def decode(self, tokens) -> str:
         return self.enc.decode([int(t) for t in tokens if 0 <= int(t) < self.eot_id])
 
@@ -85,6 +94,9 @@ class JSONTokenizer:
 
     def encode(self, text: str) -> list:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), np.uint32)
 
     def decode(self, tokens) -> str:
         return self.tokenizer.decode([int(t) for t in tokens if 0 <= int(t) < self.vocab_size and int(t) != self.eot_id])
@@ -112,16 +124,3 @@ def tokenizer_vocab_size(name: str) -> int:
 
 def get_tokenizer(name: str):
     return JSONTokenizer(name) if is_tokenizer_file(name) else tokenizer_class(name)()
-
-
-def encode_documents(tokenizer, texts, progress: bool = False, desc: str = "tokenizing"):
-    """Token ids of each text followed by end-of-text, as one uint16 array, plus document starts."""
-    from tqdm import tqdm
-    pieces, starts, n = [], [], 0
-    for text in tqdm(texts, desc=desc, disable=not progress, unit="doc", leave=False):
-        ids = tokenizer.encode(text) + [tokenizer.eot_id]
-        starts.append(n)
-        n += len(ids)
-        pieces.append(np.asarray(ids, np.uint16))
-    tokens = np.concatenate(pieces) if pieces else np.zeros((0,), np.uint16)
-    return tokens, np.asarray(starts, np.int64)

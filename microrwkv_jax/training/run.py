@@ -56,7 +56,7 @@ class Run:
         if self.data.train.size < block + 2:
             raise TrainingError(f"dataset {cfg.dataset!r}: {self.data.train.size} training tokens, fewer than "
                                 f"block_size + 2 = {block + 2}")
-        self.window_starts = (pipeline.document_window_starts(self.data.train, self.tokenizer.eot_id, block)
+        self.window_starts = (pipeline.DocumentWindowStarts(self.data.train_doc_starts, self.data.train.size, block)
                               if cfg.data.get("document_windows") and not cfg.eval_only else None)
         self.val_inputs, self.val_targets, used, window_of_doc = pipeline.val_windows(
             self.data, block, self.tokenizer.eot_id)

@@ -11,6 +11,7 @@ import math
 import os
 
 from microrwkv_jax.config import DTYPES
+from microrwkv_jax.data.prepare import check_source_config
 from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokenizer_vocab_size
 from microrwkv_jax.families import model_config_from
 
@@ -35,6 +36,7 @@ def validate_config(cfg) -> None:
     for key in REQUIRED_DATA_KEYS:
         if key not in cfg.data:
             raise ValueError(f"config: missing key 'data.{key}'")
+    check_source_config(cfg.data)
     for key in POSITIVE_KEYS:
         if key in cfg and cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
             raise ValueError(f"{key}={cfg[key]!r}: must be a positive integer")

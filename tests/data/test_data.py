@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from microrwkv_jax.data import pipeline, stories
+from microrwkv_jax.data import pipeline, sources, stories
 from microrwkv_jax.data.tokenizers import ByteTokenizer, get_tokenizer
 
 
@@ -109,22 +109,23 @@ def test_document_windows_start_at_an_end_of_text_and_stay_a_pure_function_of_se
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 256, size=n) for n in rng.integers(5, 60, size=300)]
     tokens = np.concatenate([np.append(d, 256) for d in docs]).astype(np.uint16)     # each ends with end-of-text
-    starts = pipeline.document_window_starts(tokens, 256, 32)
-    np.testing.assert_array_equal(starts, np.flatnonzero(tokens[:tokens.size - 32] == 256))
+    doc_starts = np.cumsum([0] + [d.size + 1 for d in docs[:-1]]).astype(np.int64)
+    starts = pipeline.DocumentWindowStarts(doc_starts, tokens.size, 32)
+    np.testing.assert_array_equal(starts[np.arange(starts.size)], np.flatnonzero(tokens[:tokens.size - 32] == 256))
     a = pipeline.train_batch(tokens, 3, 17, 64, 32, starts=starts)
     np.testing.assert_array_equal(a, pipeline.train_batch(tokens, 3, 17, 64, 32, starts=starts))
     assert a.shape == (64, 33) and np.all(a[:, 0] == 256)
-    assert {tuple(row) for row in a} <= {tuple(tokens[o:o + 33]) for o in starts}
+    assert {tuple(row) for row in a} <= {tuple(tokens[o:o + 33]) for o in starts[np.arange(starts.size)]}
     assert np.array_equal(pipeline.train_batch(tokens, 3, 17, 64, 32, rows=slice(8, 16), starts=starts), a[8:16])
     with pytest.raises(ValueError, match="no document boundary leaves room for a window of block_size=32"):
-        pipeline.document_window_starts(tokens[:20], 256, 32)
+        pipeline.DocumentWindowStarts(doc_starts[doc_starts < 20], 20, 32)
 
 
 def test_cache_is_reused_and_local_files_are_read(tmp_path):
     (tmp_path / "a.txt").write_text("First story.\n\nSecond story.\n\n\nThird one.")
     (tmp_path / "b.txt").write_text("Doc one<|endoftext|>Doc two\n\n still two<|endoftext|>")
     (tmp_path / "c.jsonl").write_text(json.dumps({"text": "Json doc"}) + "\n\n" + json.dumps({"text": "Last"}) + "\n")
-    docs = pipeline.read_local_documents(str(tmp_path / "*"), "text")
+    docs = sources.read_local_documents(str(tmp_path / "*"), "text")
     assert docs == ["First story.", "Second story.", "Third one.", "Doc one", "Doc two\n\n still two", "Json doc", "Last"]
     cfg = ml_collections.ConfigDict(dict(val_fraction=0.3, text_field="text", cache_dir=str(tmp_path / "cache"),
                                          tfds_data_dir=None, tfds_val_split="validation"))
@@ -132,11 +133,14 @@ def test_cache_is_reused_and_local_files_are_read(tmp_path):
     first = pipeline.prepare_data(str(tmp_path / "*.*"), cfg, tok, progress=False)
     second = pipeline.prepare_data(str(tmp_path / "*.*"), cfg, tok, progress=False)
     assert first.info["cache"] == second.info["cache"]
-    assert tok.decode(np.asarray(first.train)) == "First story.Second story.Third one.Doc oneDoc two\n\n still two"
+    # Held out at val_fraction 0.3: documents 0 and 4 (document 0, then one every 1 / 0.3).
+    assert [i for i in range(7) if sources.is_held_out(i, 0.3)] == [0, 4]
+    assert tok.decode(np.asarray(first.train)) == "Second story.Third one.Doc oneJson docLast"
+    assert tok.decode(np.asarray(first.val)) == "First story.Doc two\n\n still two"
     assert first.info["val_documents"] == 2 and "entropy_floor" not in first.info
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1 is not a JSON object with a 'text' field$"):
-        pipeline.read_local_documents(str(tmp_path / "bad.jsonl"), "text")
+        sources.read_local_documents(str(tmp_path / "bad.jsonl"), "text")
 
 
 def test_gpt2_tokenizer_offline(gpt2_bpe, monkeypatch):

@@ -304,7 +304,7 @@ def test_empty_data_and_unwritable_out_dir(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     done = train_cli(tmp_path / "run", f"--config.dataset={tmp_path}/empty.txt", check=False)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == f"train.py: error: dataset: the files matching '{tmp_path}/empty.txt' hold no text"
+    assert done.stderr.strip().splitlines()[-1] == f"train.py: error: dataset: '{tmp_path}/empty.txt' holds no text"
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     done = train_cli(blocker / "run", check=False, cache=tmp_path / "data_cache")

@@ -1,0 +1,349 @@
+"""Tokenise a source once into a cache of token files: streamed, in bounded memory, on every core.
+
+    python -m microrwkv_jax.data.prepare --dataset 'data/*.txt' --tokenizer gpt2
+
+train.py finds the same cache (the same source, tokenizer and hold-out give the same directory)
+and prepares it itself on first use when none exists. A cache directory
+`{cache_dir}/{tokenizer}-{fingerprint}/` holds
+
+    train.bin, val.bin                the token streams (uint16, or uint32 for a vocabulary over
+                                      65,536 tokens); each document is followed by end-of-text
+    train_starts.bin, val_starts.bin  int64: where each document starts in its stream
+    info.json                         sizes, dtype, the entropy floor of the built-in corpus
+
+How it stays bounded, parallel and safe:
+  * Documents stream from the source (`sources`) and are grouped into pieces of about
+    `piece_chars` characters. Worker threads tokenise pieces (the tokenizers run without Python's
+    lock); the main thread appends finished pieces in source order, so the files are the same
+    byte for byte whatever the number of workers or the piece size. At most two pieces per worker
+    are in flight: memory is a few pieces, whatever the corpus's size.
+  * Work happens in `{cache}.partial/`; after each written piece, `progress.json` records how far
+    the files are complete (written after the files are synced). A rerun after a crash truncates
+    the files to that point and continues from the next document; the result is identical.
+    `{cache}` itself appears only complete (renamed into place after its info.json is written).
+  * `{cache}.lock` (an exclusive file lock) makes a second process on the same cache wait for
+    the first and then use its result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import glob
+import hashlib
+import itertools
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+
+from microrwkv_jax.data import sources, stories
+
+FORMAT_VERSION = 2
+PIECE_CHARS = 1 << 22         # characters of text per tokenisation piece
+# Each file of a cache, with the progress counter that says how many of its items are good.
+STREAM_FILES = {"train.bin": "train_tokens", "val.bin": "val_tokens",
+                "train_starts.bin": "train_documents", "val_starts.bin": "val_documents"}
+# The data config's defaults for what decides a cache's contents (configs/tiny.py holds the same,
+# checked by tests/data/test_prepare.py), for the command line.
+DEFAULTS = dict(cache_dir="data_cache", val_fraction=0.02, text_field="text", tfds_data_dir=None,
+                tfds_val_split="validation", num_train_stories=40000, num_val_stories=400, story_seed=1234)
+
+
+def check_source_config(data_cfg) -> None:
+    """One-line errors for data settings no source can use (before any work)."""
+    if not 0 < data_cfg.val_fraction < 1:
+        raise ValueError(f"data.val_fraction={data_cfg.val_fraction!r}: must be between 0 and 1")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 token files while ids fit, else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def fingerprint(dataset: str, data_cfg, tokenizer_name: str) -> str:
+    """A hash of what decides the token files: the source (and, for files, their sizes and
+    modification times), how it is held out, and the tokenizer."""
+    if dataset == "stories":
+        keys = ("num_train_stories", "num_val_stories", "story_seed")
+    elif dataset.startswith("tfds:"):
+        keys = ("text_field", "tfds_data_dir", "tfds_val_split", "val_fraction")
+    else:
+        keys = ("text_field", "val_fraction")
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, tokenizer_name, {k: data_cfg[k] for k in keys}],
+                                  sort_keys=True, default=str).encode())
+    if dataset != "stories" and not dataset.startswith("tfds:"):
+        for path in sorted(glob.glob(os.path.expanduser(dataset), recursive=True)):
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path(dataset: str, data_cfg, tokenizer_name: str) -> pathlib.Path:
+    return pathlib.Path(data_cfg.cache_dir) / f"{tokenizer_name}-{fingerprint(dataset, data_cfg, tokenizer_name)}"
+
+
+def is_complete(cache: pathlib.Path) -> bool:
+    return (cache / "info.json").is_file()
+
+
+# --- Tokenising pieces ----------------------------------------------------------------------------
+
+def encode_piece(tokenizer, piece: list, dtype) -> dict:
+    """{part: (tokens [n] of its documents in order, each followed by end-of-text; their lengths)}
+    for the ("train" | "val", text) documents of `piece`."""
+    out = {}
+    for part in ("train", "val"):
+        arrays = [tokenizer.encode_array(text) for p, text in piece if p == part]
+        lengths = np.fromiter((a.size + 1 for a in arrays), np.int64, len(arrays))
+        ends = np.cumsum(lengths)
+        tokens = np.empty(int(ends[-1]) if ends.size else 0, dtype)
+        for ids, end in zip(arrays, ends):
+            if ids.size and int(ids.max()) >= tokenizer.vocab_size:
+                raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(ids.max())} outside its vocabulary")
+            tokens[end - 1 - ids.size:end - 1] = ids
+        tokens[ends - 1] = tokenizer.eot_id
+        out[part] = (tokens, lengths)
+    return out
+
+
+def pieces(documents: Iterator[tuple], piece_chars: int) -> Iterator[list]:
+    """Consecutive ("train" | "val", text) documents grouped into lists of >= piece_chars characters
+    (the last one may be smaller)."""
+    piece, chars = [], 0
+    for document in documents:
+        piece.append(document)
+        chars += len(document[1])
+        if chars >= piece_chars:
+            yield piece
+            piece, chars = [], 0
+    if piece:
+        yield piece
+
+
+# --- The partial cache: files that grow piece by piece, and the record of how far they are good ----
+
+class PartialCache:
+    """`{cache}.partial/`: the token and start files, appended piece by piece, and progress.json."""
+
+    def __init__(self, directory: pathlib.Path, dtype):
+        self.directory, self.dtype = directory, np.dtype(dtype)
+        directory.mkdir(parents=True, exist_ok=True)
+        progress = directory / "progress.json"
+        self.state = json.loads(progress.read_text()) if progress.is_file() else None
+        if self.state is not None and self.state["dtype"] != self.dtype.name:
+            self.state = None
+        if self.state is None:
+            self.state = {"dtype": self.dtype.name, "documents": 0, "advanced": 0,
+                          "train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
+        # Anything past the recorded sizes was written after the last good piece: cut it off.
+        self.files = {}
+        for name, counter in STREAM_FILES.items():
+            path = directory / name
+            with open(path, "ab"):
+                pass
+            itemsize = self.dtype.itemsize if counter.endswith("_tokens") else 8      # starts: int64
+            os.truncate(path, self.state[counter] * itemsize)
+            self.files[name] = open(path, "ab")
+
+    @property
+    def resumed(self) -> bool:
+        return self.state["documents"] > 0
+
+    def append(self, encoded: dict, documents: int, advanced: int) -> None:
+        """Append one piece's tokens and document starts, sync them, then record the new sizes."""
+        for part, (tokens, lengths) in encoded.items():
+            starts = self.state[f"{part}_tokens"] + np.cumsum(lengths) - lengths      # int64 [documents]
+            self.files[f"{part}.bin"].write(tokens.tobytes())
+            self.files[f"{part}_starts.bin"].write(starts.tobytes())
+            self.state[f"{part}_tokens"] += int(tokens.size)
+            self.state[f"{part}_documents"] += int(lengths.size)
+        for f in self.files.values():
+            f.flush()
+            os.fsync(f.fileno())
+        self.state["documents"] += documents
+        self.state["advanced"] += advanced
+        write_atomically(self.directory / "progress.json", json.dumps(self.state))
+
+    def finish(self, info: dict, cache: pathlib.Path) -> None:
+        """Write info.json and move the directory to `cache` (so it appears complete or not at all)."""
+        for f in self.files.values():
+            f.close()
+        write_atomically(self.directory / "info.json", json.dumps(info, indent=1))
+        (self.directory / "progress.json").unlink()
+        if cache.exists():        # an incomplete directory under the final name (never written by us)
+            shutil.rmtree(cache)
+        self.directory.rename(cache)
+        sync_directory(cache.parent)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sync_directory(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: pathlib.Path, say):
+    """An exclusive lock on `path` (a file lock: released when the process dies)."""
+    import fcntl
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process preparing {path.with_suffix('')}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- Preparing a cache -----------------------------------------------------------------------------
+
+def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] = None,
+                  piece_chars: int = PIECE_CHARS, read_bytes: int = sources.READ_BYTES, progress: bool = True,
+                  say=lambda message: print(message, file=sys.stderr, flush=True)) -> pathlib.Path:
+    """Tokenise `dataset` into its cache directory unless it is complete already; returns the
+    directory. `workers` threads tokenise (default: every core)."""
+    check_source_config(data_cfg)
+    cache = cache_path(dataset, data_cfg, tokenizer.name)
+    if is_complete(cache):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(cache.with_name(cache.name + ".lock"), say):
+        if is_complete(cache):            # another process prepared it while this one waited
+            return cache
+        streams = sources.source_streams(dataset, data_cfg, read_bytes)
+        partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size))
+        try:
+            if partial.resumed and progress:
+                say(f"resuming the preparation of {cache} after {partial.state['documents']:,} documents")
+            _tokenize_streams(streams, tokenizer, partial, workers or os.cpu_count() or 1, piece_chars, progress)
+            partial.finish(_info(dataset, data_cfg, tokenizer, partial), cache)
+        except ValueError:       # the source is unusable as it is: nothing to resume
+            partial.close()
+            shutil.rmtree(partial.directory, ignore_errors=True)
+            raise
+        finally:
+            partial.close()
+    return cache
+
+
+def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: int, piece_chars: int,
+                      progress: bool) -> None:
+    from tqdm import tqdm
+    unit = streams[0].unit
+    documents = (document for stream in streams for document in stream.documents())
+    done = partial.state["documents"]              # resuming: these are in the files already
+    if done and sum(1 for _ in itertools.islice(documents, done)) < done:
+        raise ValueError(f"{partial.directory}: records more documents than the source has; delete it")
+    bar = tqdm(total=sum(s.size for s in streams), initial=partial.state["advanced"], unit=unit,
+               unit_scale=True, unit_divisor=1024 if unit == "B" else 1000, disable=not progress,
+               desc="preparing", leave=False, dynamic_ncols=True)
+    started, tokens_done = time.perf_counter(), 0
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        in_flight = []        # (future, documents, advance) in source order; at most 2 per worker
+
+        def write_oldest():
+            nonlocal tokens_done
+            future, count, advance = in_flight.pop(0)
+            encoded = future.result()
+            partial.append(encoded, count, advance)
+            tokens_done += sum(tokens.size for tokens, _ in encoded.values())
+            bar.update(advance)
+            bar.set_postfix_str(f"{tokens_done / max(time.perf_counter() - started, 1e-9) / 1e6:.2f}M tokens/s")
+
+        for piece in pieces(documents, piece_chars):
+            advance = sum(len(text) for _, text in piece) if unit == "B" else len(piece)
+            in_flight.append((pool.submit(encode_piece, tokenizer, piece, partial.dtype), len(piece), advance))
+            if len(in_flight) >= 2 * workers:
+                write_oldest()
+        while in_flight:
+            write_oldest()
+    bar.close()
+
+
+def _info(dataset: str, data_cfg, tokenizer, partial: PartialCache) -> dict:
+    state = partial.state
+    if state["train_documents"] + state["val_documents"] == 0:
+        raise ValueError(f"dataset: {dataset!r} holds no text")
+    if state["train_documents"] == 0 or state["val_documents"] == 0:
+        raise ValueError(f"dataset: {dataset!r} gives {state['train_documents']} training and {state['val_documents']} "
+                         "held-out documents; need at least one of each")
+    info = {"format": FORMAT_VERSION, "dataset": dataset, "tokenizer": tokenizer.name, "dtype": partial.dtype.name,
+            **{k: state[k] for k in ("train_tokens", "val_tokens", "train_documents", "val_documents")}}
+    if dataset == "stories":      # the held-out stories' exact log-probabilities give the floor
+        texts, logps = sources.held_out_stories(data_cfg.num_val_stories, data_cfg.story_seed)
+        starts = np.fromfile(partial.directory / "val_starts.bin", np.int64)
+        lengths = np.diff(np.append(starts, state["val_tokens"]))    # tokens incl. each end-of-text
+        info["entropy_floor"] = stories.entropy_floor(texts, logps, lengths)
+        info["val_doc_nats"] = [-float(x) for x in logps]
+    return info
+
+
+# --- Command line ----------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """Prepare a dataset's token cache (what train.py would prepare on first use), with progress."""
+    p = argparse.ArgumentParser(prog="python -m microrwkv_jax.data.prepare", description=main.__doc__)
+    p.add_argument("--dataset", required=True, help="stories, tfds:NAME or a path/glob of .txt/.jsonl/.parquet files")
+    p.add_argument("--tokenizer", default="byte", help="byte, gpt2 or a tokenizer.json path (default: byte)")
+    p.add_argument("--workers", type=int, default=None, help="tokenising threads (default: every core)")
+    p.add_argument("--piece_mb", type=float, default=PIECE_CHARS / 2 ** 20,
+                   help="text per tokenisation piece, in millions of characters (memory: a few pieces per worker)")
+    for key, value in DEFAULTS.items():
+        p.add_argument(f"--{key}", default=value, type=type(value) if value is not None else str,
+                       help=f"as the config's data.{key} (default: {value})")
+    args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        print(f"prepare: error: --workers={args.workers}: must be >= 1", file=sys.stderr)
+        return 1
+    if not args.piece_mb > 0:
+        print(f"prepare: error: --piece_mb={args.piece_mb}: must be > 0", file=sys.stderr)
+        return 1
+    from microrwkv_jax.data.tokenizers import get_tokenizer
+    data_cfg = {key: getattr(args, key) for key in DEFAULTS}
+    started = time.perf_counter()
+    try:
+        tokenizer = get_tokenizer(args.tokenizer)
+        cache = prepare_cache(args.dataset, _Fields(data_cfg), tokenizer, workers=args.workers,
+                              piece_chars=max(1, int(args.piece_mb * 2 ** 20)))
+    except (ValueError, OSError) as err:
+        print(f"prepare: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    info = json.loads((cache / "info.json").read_text())
+    print(f"{cache}: {info['train_tokens']:,} training tokens ({info['train_documents']:,} documents), "
+          f"{info['val_tokens']:,} held out ({info['val_documents']:,} documents), {info['dtype']}; "
+          f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+class _Fields(dict):
+    """A dict whose keys read as attributes too, like the config's data section."""
+    __getattr__ = dict.__getitem__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Documents from every kind of source, streamed: a source is read in bounded pieces and never
+held whole, so preparing 40 GB of text takes the memory of a few pieces.
+
+    stories          the built-in story corpus (`stories`): its own held-out stories
+    tfds:NAME        a TFDS dataset prepared as array_record (`tfds.data_source`, no TensorFlow),
+                     read by index ranges; held out: its validation split, or part of train
+    a path or glob   .txt (documents separated by <|endoftext|> where the file has one, else by
+                     blank lines), .jsonl (one JSON object per line) and .parquet files; the text
+                     is in the field `text_field`
+
+A source is a list of `Stream`s: each yields ("train" | "val", text) in a fixed order. Sources
+without a validation part hold out documents by their index (`is_held_out`), so the split is
+known while streaming, without counting the documents first.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+from typing import Callable, Iterator, Optional
+
+from microrwkv_jax.data import stories
+
+EOT_TEXT = "<|endoftext|>"
+BLANK_LINES = re.compile(r"\n\s*\n")
+READ_BYTES = 1 << 22          # bytes of a file read at a time
+TFDS_RECORDS = 1024           # TFDS records read at a time
+PARQUET_ROWS = 1024           # parquet rows read at a time
+FILE_KINDS = (".txt", ".jsonl", ".parquet")
+
+
+@dataclasses.dataclass
+class Stream:
+    """One part of a source, read in order. `documents()` yields ("train" | "val", text); `size`
+    is its size in `unit` for progress bars: "B" (bytes of files; a document advances the bar by
+    its length) or "doc" (records; a document advances it by one)."""
+    name: str
+    size: int
+    unit: str
+    documents: Callable[[], Iterator[tuple]]
+
+
+def is_held_out(index: int, fraction: float) -> bool:
+    """Whether document `index` of a source without a validation split is held out: document 0,
+    then one every 1/fraction documents, so that n documents hold out 1 + floor((n - 1) * fraction)
+    spread over the whole source (the held-out set never depends on the source's length)."""
+    return math.floor(index * fraction) != math.floor((index - 1) * fraction)
+
+
+# --- .txt: pieces, split on a separator that may straddle them --------------------------------------
+
+def file_has_eot(path: str, read_bytes: int = READ_BYTES) -> bool:
+    """Whether the file contains <|endoftext|> (scanned in pieces, overlapping by the marker's length)."""
+    marker, tail = EOT_TEXT.encode(), b""
+    with open(path, "rb") as f:
+        while piece := f.read(read_bytes):
+            if marker in tail + piece:
+                return True
+            tail = piece[-(len(marker) - 1):]
+    return False
+
+
+def split_stream(pieces: Iterator[str], eot: bool) -> Iterator[str]:
+    """The documents of a text given in pieces: separated by <|endoftext|> (eot) or by blank
+    lines, stripped, empty ones dropped. The same documents whatever the pieces' sizes: a
+    separator split between pieces is found once the next piece arrives, and a document longer
+    than a piece is kept until it ends (memory: the longest document plus a piece)."""
+    buffer = ""
+    for piece in pieces:
+        # A separator can only begin in the part of the buffer not yet scanned, or in the
+        # unscanned tail that could be its start: the last len(EOT) - 1 characters, or the
+        # trailing whitespace (a blank line is whitespace between two newlines).
+        scan_from = max(0, len(buffer) - len(EOT_TEXT) + 1) if eot else len(buffer.rstrip())
+        buffer += piece
+        start = 0
+        if eot:
+            at = buffer.find(EOT_TEXT, scan_from)
+            while at >= 0:
+                yield from _stripped(buffer[start:at])
+                start = at + len(EOT_TEXT)
+                at = buffer.find(EOT_TEXT, start)
+        else:
+            for match in BLANK_LINES.finditer(buffer, scan_from):
+                yield from _stripped(buffer[start:match.start()])
+                start = match.end()
+        buffer = buffer[start:]
+    yield from _stripped(buffer)
+
+
+def _stripped(text: str) -> Iterator[str]:
+    text = text.strip()
+    if text:
+        yield text
+
+
+def split_text_documents(text: str) -> list:
+    """Documents of one text: separated by <|endoftext|> if present, else by blank lines."""
+    return list(split_stream(iter([text]), EOT_TEXT in text))
+
+
+def text_file_documents(path: str, read_bytes: int = READ_BYTES) -> Iterator[str]:
+    """The documents of a .txt file, read `read_bytes` at a time (UTF-8, checked)."""
+    eot = file_has_eot(path, read_bytes)
+    return split_stream(_decoded_pieces(path, read_bytes), eot)
+
+
+def _decoded_pieces(path: str, read_bytes: int) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            piece = f.read(read_bytes)
+            try:
+                yield decoder.decode(piece, final=not piece)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"dataset: {path}: not UTF-8 text (byte {offset + err.start})") from None
+            if not piece:
+                return
+            offset += len(piece)
+
+
+# --- .jsonl and .parquet ------------------------------------------------------------------------
+
+def jsonl_documents(path: str, text_field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"dataset: {path}:{n} is not a JSON object with a {text_field!r} field") from None
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def parquet_documents(path: str, text_field: str, rows: int = PARQUET_ROWS) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"dataset: {path}: reading .parquet files needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as err:       # pyarrow's own errors for a file that is not parquet
+        raise ValueError(f"dataset: {path}: not a readable parquet file ({str(err).splitlines()[0][:120]})") from None
+    if text_field not in table.schema_arrow.names:
+        raise ValueError(f"dataset: {path}: no column {text_field!r} (columns: {table.schema_arrow.names})")
+    for batch in table.iter_batches(batch_size=rows, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def local_files(pattern: str) -> list:
+    """The files a path or glob names, sorted; each must be .txt, .jsonl or .parquet."""
+    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise ValueError(f"dataset: no files match {pattern!r}")
+    for path in paths:
+        if not path.endswith(FILE_KINDS):
+            raise ValueError(f"dataset: {path}: expected {', '.join(FILE_KINDS)} files")
+    return paths
+
+
+def file_documents(path: str, text_field: str, read_bytes: int = READ_BYTES) -> Iterator[str]:
+    if path.endswith(".txt"):
+        return text_file_documents(path, read_bytes)
+    if path.endswith(".jsonl"):
+        return jsonl_documents(path, text_field)
+    return parquet_documents(path, text_field)
+
+
+def local_streams(pattern: str, text_field: str, val_fraction: float, read_bytes: int = READ_BYTES) -> list:
+    """One stream over every file (documents numbered across files for the hold-out)."""
+    paths = local_files(pattern)
+
+    def documents():
+        index = 0
+        for path in paths:
+            for text in file_documents(path, text_field, read_bytes):
+                yield ("val" if is_held_out(index, val_fraction) else "train"), text
+                index += 1
+
+    return [Stream(pattern, sum(os.path.getsize(p) for p in paths), "B", documents)]
+
+
+def read_local_documents(pattern: str, text_field: str) -> list:
+    """Every document of the files `pattern` names, in order (small sources and tests)."""
+    return [text for path in local_files(pattern) for text in file_documents(path, text_field)]
+
+
+# --- TFDS ---------------------------------------------------------------------------------------
+
+def tfds_splits(name: str, data_dir: Optional[str]) -> list:
+    """The splits a prepared TFDS dataset has (read from its dataset_info, without TensorFlow)."""
+    import tensorflow_datasets as tfds    # imported only here: TFDS is optional at run time
+    return list(tfds.builder(name, data_dir=data_dir).info.splits.keys())
+
+
+def tfds_stream(name: str, split: str, data_dir: Optional[str], text_field: str, route) -> Stream:
+    """A TFDS split read `TFDS_RECORDS` records at a time; `route(index)` names each document's part."""
+    import tensorflow_datasets as tfds
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+
+    def documents():
+        for start in range(0, len(source), TFDS_RECORDS):
+            for index in range(start, min(start + TFDS_RECORDS, len(source))):
+                value = source[index][text_field]
+                yield route(index), (value.decode("utf-8") if isinstance(value, bytes) else str(value))
+
+    return Stream(f"tfds:{name}/{split}", len(source), "doc", documents)
+
+
+def tfds_streams(name: str, data_dir: Optional[str], text_field: str, val_split: str, val_fraction: float) -> list:
+    if val_split not in tfds_splits(name, data_dir):      # no validation split: hold out from train
+        return [tfds_stream(name, "train", data_dir, text_field,
+                            lambda i: "val" if is_held_out(i, val_fraction) else "train")]
+    return [tfds_stream(name, "train", data_dir, text_field, lambda i: "train"),
+            tfds_stream(name, val_split, data_dir, text_field, lambda i: "val")]
+
+
+# --- The built-in corpus ----------------------------------------------------------------------------
+
+def story_streams(num_train: int, num_val: int, seed: int) -> list:
+    """The built-in corpus: `num_train` generated stories, then `num_val` held-out ones (their
+    own seed; their log-probabilities give the entropy floor, `held_out_stories`)."""
+    def documents(part, count, part_seed):
+        return lambda: ((part, text) for text in stories.generate_stories(count, part_seed)[0])
+
+    return [Stream("stories/train", num_train, "doc", documents("train", num_train, seed)),
+            Stream("stories/val", num_val, "doc", documents("val", num_val, held_out_story_seed(seed)))]
+
+
+def held_out_story_seed(seed: int) -> int:
+    return seed + 1_000_003
+
+
+def held_out_stories(num_val: int, seed: int) -> tuple:
+    """(texts, log-probabilities) of the built-in corpus's held-out stories."""
+    return stories.generate_stories(num_val, held_out_story_seed(seed))
+
+
+def source_streams(dataset: str, data_cfg, read_bytes: int = READ_BYTES) -> list:
+    """The streams of the source `dataset` names (see the module docstring)."""
+    if dataset == "stories":
+        return story_streams(data_cfg.num_train_stories, data_cfg.num_val_stories, data_cfg.story_seed)
+    if dataset.startswith("tfds:"):
+        return tfds_streams(dataset[len("tfds:"):], data_cfg.tfds_data_dir, data_cfg.text_field,
+                            data_cfg.tfds_val_split, data_cfg.val_fraction)
+    return local_streams(dataset, data_cfg.text_field, data_cfg.val_fraction, read_bytes)
