@@ -110,3 +110,10 @@ def test_the_decoding_floor_counts_weights_an_input_row_and_the_filled_cache():
     for context in (10, 63):                                # context + 1 slots filled
         assert bytes_read_per_token(gpt2, state, context) == nbytes(nnx.state(gpt2)) - (64 - 1) * 32 * 4 \
             + cache * (context + 1) // 64 + 4               # + the int32 position
+
+
+def test_prepare_against_the_plain_loop(gpt2_bpe):
+    rows = bench("prepare", "--prepare_mb", "1", "--prepare_workers", "1,2")
+    assert [r.get("workers") for r in rows] == [None, 1, 2]
+    assert len({r["tokens"] for r in rows}) == 1 and rows[0]["text_bytes"] > 0.9 * 2 ** 20
+    assert all(r["peak_rss_bytes"] > 0 and r["tokens_per_s"] > 0 for r in rows) and rows[2]["speed_vs_loop"] > 0

@@ -45,6 +45,10 @@ def generate_by_reforward(model, prompt, max_new_tokens, temperature, top_k, top
         keys = row_keys(seed, b, context.shape[1])
         token = np.asarray(reforward_next(graphdef, params, jnp.asarray(window), keys, float(temperature),
                                           top_k, top_p))
+        if window.shape[1] < model.config.block_size:
+            # This window length will not come again: free its executable. Hundreds of them held
+            # at once exhaust the process's memory maps (LLVM then fails to allocate).
+            reforward_next.clear_cache()
         if stop_token is not None:
             token = np.where(done, stop_token, token)
             done |= token == stop_token
