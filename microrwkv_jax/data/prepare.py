@@ -17,9 +17,10 @@ How it stays bounded, parallel and safe:
     lock); the main thread appends finished pieces in source order, so the files are the same
     byte for byte whatever the number of workers or the piece size. At most two pieces per worker
     are in flight: memory is a few pieces, whatever the corpus's size.
-  * Work happens in `{cache}.partial/`; after each written piece, `progress.json` records how far
-    the files are complete (written after the files are synced). A rerun after a crash truncates
-    the files to that point and continues from the next document; the result is identical.
+  * Work happens in `{cache}.partial/`; every CHECKPOINT_SECONDS (after a written piece)
+    `progress.json` records how far the files are complete (written after the files are synced).
+    A rerun after a crash truncates the files to that point and continues from the next
+    document; the result is identical.
     `{cache}` itself appears only complete (renamed into place after its info.json is written).
   * `{cache}.lock` (an exclusive file lock) makes a second process on the same cache wait for
     the first and then use its result.
@@ -47,6 +48,7 @@ from microrwkv_jax.data import sources, stories
 
 FORMAT_VERSION = 2
 PIECE_CHARS = 1 << 22         # characters of text per tokenisation piece
+CHECKPOINT_SECONDS = 2.0      # how often progress.json records the files' good length
 # Each file of a cache, with the progress counter that says how many of its items are good.
 STREAM_FILES = {"train.bin": "train_tokens", "val.bin": "val_tokens",
                 "train_starts.bin": "train_documents", "val_starts.bin": "val_documents"}
@@ -101,14 +103,15 @@ def encode_piece(tokenizer, piece: list, dtype) -> dict:
     out = {}
     for part in ("train", "val"):
         arrays = [tokenizer.encode_array(text) for p, text in piece if p == part]
-        lengths = np.fromiter((a.size + 1 for a in arrays), np.int64, len(arrays))
-        ends = np.cumsum(lengths)
-        tokens = np.empty(int(ends[-1]) if ends.size else 0, dtype)
-        for ids, end in zip(arrays, ends):
-            if ids.size and int(ids.max()) >= tokenizer.vocab_size:
-                raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(ids.max())} outside its vocabulary")
-            tokens[end - 1 - ids.size:end - 1] = ids
-        tokens[ends - 1] = tokenizer.eot_id
+        lengths = np.asarray([a.size + 1 for a in arrays], np.int64)
+        ids = np.concatenate(arrays) if arrays else np.zeros((0,), np.uint32)
+        if ids.size and int(ids.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
+            raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(ids.max())} outside its vocabulary")
+        tokens = np.empty(int(lengths.sum()), dtype)
+        is_text = np.ones(tokens.size, bool)
+        is_text[np.cumsum(lengths) - 1] = False                    # each document's end-of-text slot
+        tokens[is_text] = ids
+        tokens[~is_text] = tokenizer.eot_id
         out[part] = (tokens, lengths)
     return out
 
@@ -142,8 +145,8 @@ class PartialCache:
         if self.state is None:
             self.state = {"dtype": self.dtype.name, "documents": 0, "advanced": 0,
                           "train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
-        # Anything past the recorded sizes was written after the last good piece: cut it off.
-        self.files = {}
+        # Anything past the recorded sizes was written after the last checkpoint: cut it off.
+        self.files, self.last_checkpoint = {}, -float("inf")
         for name, counter in STREAM_FILES.items():
             path = directory / name
             with open(path, "ab"):
@@ -157,22 +160,30 @@ class PartialCache:
         return self.state["documents"] > 0
 
     def append(self, encoded: dict, documents: int, advanced: int) -> None:
-        """Append one piece's tokens and document starts, sync them, then record the new sizes."""
+        """Append one piece's tokens and document starts; record the new sizes every
+        CHECKPOINT_SECONDS (syncing costs a disk flush; a crash redoes at most that much work)."""
         for part, (tokens, lengths) in encoded.items():
             starts = self.state[f"{part}_tokens"] + np.cumsum(lengths) - lengths      # int64 [documents]
             self.files[f"{part}.bin"].write(tokens.tobytes())
             self.files[f"{part}_starts.bin"].write(starts.tobytes())
             self.state[f"{part}_tokens"] += int(tokens.size)
             self.state[f"{part}_documents"] += int(lengths.size)
+        self.state["documents"] += documents
+        self.state["advanced"] += advanced
+        if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Sync the files, then record how far they are good (progress.json)."""
         for f in self.files.values():
             f.flush()
             os.fsync(f.fileno())
-        self.state["documents"] += documents
-        self.state["advanced"] += advanced
         write_atomically(self.directory / "progress.json", json.dumps(self.state))
+        self.last_checkpoint = time.monotonic()
 
     def finish(self, info: dict, cache: pathlib.Path) -> None:
         """Write info.json and move the directory to `cache` (so it appears complete or not at all)."""
+        self.checkpoint()
         for f in self.files.values():
             f.close()
         write_atomically(self.directory / "info.json", json.dumps(info, indent=1))
