@@ -74,6 +74,23 @@ def test_token_files_are_byte_identical_for_any_workers_and_piece_size(tmp_path,
     assert starts[0] == 0 and np.all(expected["train"][starts[1:] - 1] == tokenizer.eot_id)
 
 
+class WideTokenizer:
+    """Byte ids shifted past 65,535: a vocabulary that needs uint32 token files."""
+    name, vocab_size, eot_id = "wide", 70_000, 69_999
+
+    def encode_array(self, text):
+        return np.frombuffer(text.encode(), np.uint8).astype(np.uint32) + 65_500
+
+
+def test_a_vocabulary_over_65536_tokens_gets_uint32_files(tmp_path):
+    pattern = write_corpus(tmp_path / "corpus")
+    cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / "cache"), WideTokenizer(), workers=2, progress=False)
+    data = pipeline.load_token_data(cache)
+    assert data.train.dtype == np.uint32 and data.info["dtype"] == "uint32"
+    _, expected = reference_streams(pattern, ByteTokenizer(), prepare.DEFAULTS["val_fraction"])
+    np.testing.assert_array_equal(data.train, np.where(expected["train"] == 256, 69_999, expected["train"] + 65_500))
+
+
 def test_documents_split_the_same_across_any_pieces():
     text = "a\n\n\n b\n \nc<x>\n\nd\n\t\n" * 3 + "e" * 50 + "\n\n" + " \n \n" + "f"
     expected = sources.split_text_documents(text)
