@@ -209,8 +209,9 @@ def tfds_stream(name: str, split: str, data_dir: Optional[str], text_field: str,
 
     def documents():
         for start in range(0, len(source), TFDS_RECORDS):
-            for index in range(start, min(start + TFDS_RECORDS, len(source))):
-                value = source[index][text_field]
+            indices = range(start, min(start + TFDS_RECORDS, len(source)))
+            for index, record in zip(indices, source.__getitems__(list(indices))):     # one batched read
+                value = record[text_field]
                 yield route(index), (value.decode("utf-8") if isinstance(value, bytes) else str(value))
 
     return Stream(f"tfds:{name}/{split}", len(source), "doc", documents)

@@ -174,10 +174,15 @@ def tfds_fixture(tmp_path, val_split="validation"):
     return builder, cfg
 
 
-def test_tfds_without_the_validation_split_holds_out_part_of_train(tmp_path):
+def test_tfds_without_the_validation_split_holds_out_part_of_train(tmp_path, monkeypatch):
     builder, cfg = tfds_fixture(tmp_path, val_split="dev")
+    monkeypatch.setattr(sources, "TFDS_RECORDS", 7)          # batched reads that do not divide the split
     data = pipeline.prepare_data(f"tfds:{builder.name}", cfg, ByteTokenizer(), progress=False)
     assert data.info["train_documents"] == 36 and data.info["val_documents"] == 4
+    import tensorflow_datasets as tfds
+    texts = [r["text"].decode() for r in tfds.data_source(builder.name, split="train", data_dir=cfg.tfds_data_dir)]
+    expected = [t for i, t in enumerate(texts) if sources.is_held_out(i, 0.1)]
+    assert ByteTokenizer().decode(np.asarray(data.val)) == "".join(expected)
 
 
 def test_tfds_validation_split_that_fails_to_read_is_an_error_not_a_missing_split(tmp_path):
