@@ -183,7 +183,6 @@ class PartialCache:
 
     def finish(self, info: dict, cache: pathlib.Path) -> None:
         """Write info.json and move the directory to `cache` (so it appears complete or not at all)."""
-        self.checkpoint()
         for f in self.files.values():
             f.close()
         write_atomically(self.directory / "info.json", json.dumps(info, indent=1))
@@ -252,6 +251,7 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
             if partial.resumed and progress:
                 say(f"resuming the preparation of {cache} after {partial.state['documents']:,} documents")
             _tokenize_streams(streams, tokenizer, partial, workers or os.cpu_count() or 1, piece_chars, progress)
+            partial.checkpoint()          # every file complete on disk before info.json is made from them
             partial.finish(_info(dataset, data_cfg, tokenizer, partial), cache)
         except ValueError:       # the source is unusable as it is: nothing to resume
             partial.close()
