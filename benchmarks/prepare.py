@@ -6,7 +6,7 @@
 Writes a `.txt` of generated stories (blank-line separated, repeated to --prepare_mb MiB) unless
 --prepare_corpus names one, then, each in a fresh process:
   * the peer: a plain single-threaded loop, `tiktoken`'s `encode_ordinary` over every document
-    of the file (read in pieces by the same reader), writing nothing;
+    of the file (read and split by the same reader), writing nothing;
   * `python -m microrwkv_jax.data.prepare` with each --prepare_workers count, writing the cache.
 Each record: seconds, tokens, tokens/s, peak resident memory (the process's ru_maxrss) and, for
 prepare, its speed relative to the peer's in the same run.
@@ -38,8 +38,9 @@ from microrwkv_jax.data import sources
 from microrwkv_jax.data.tokenizers import get_tokenizer
 enc = get_tokenizer(sys.argv[2]).enc
 started, tokens = time.perf_counter(), 0
-for document in sources.text_file_documents(sys.argv[1]):
-    tokens += len(enc.encode_ordinary(document)) + 1
+for batch in sources.text_file_batches(sys.argv[1]):
+    for document in batch:
+        tokens += len(enc.encode_ordinary(document)) + 1
 print(tokens, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 

@@ -12,11 +12,12 @@ and prepares it itself on first use when none exists. A cache directory
     info.json                         sizes, dtype, the entropy floor of the built-in corpus
 
 How it stays bounded, parallel and safe:
-  * Documents stream from the source (`sources`) and are grouped into pieces of about
-    `piece_chars` characters. Worker threads tokenise pieces (the tokenizers run without Python's
-    lock); the main thread appends finished pieces in source order, so the files are the same
-    byte for byte whatever the number of workers or the piece size. At most two pieces per worker
-    are in flight: memory is a few pieces, whatever the corpus's size.
+  * Documents stream from the source (`sources`, in batches) and are regrouped into pieces of
+    about `piece_chars` characters. Worker processes tokenise pieces (one tokenizer call per
+    piece and part); the main process reads ahead and appends finished pieces in source order,
+    so the files are the same byte for byte whatever the number of workers or the piece size.
+    At most two pieces per worker are in flight: memory is a few pieces per process, whatever
+    the corpus's size.
   * Work happens in `{cache}.partial/`; every CHECKPOINT_SECONDS (after a written piece)
     `progress.json` records how far the files are complete (written after the files are synced).
     A rerun after a crash truncates the files to that point and continues from the next
@@ -31,10 +32,12 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import glob
 import hashlib
-import itertools
+import importlib
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -97,37 +100,52 @@ def is_complete(cache: pathlib.Path) -> bool:
 
 # --- Tokenising pieces ----------------------------------------------------------------------------
 
-def encode_piece(tokenizer, piece: list, dtype) -> dict:
-    """{part: (tokens [n] of its documents in order, each followed by end-of-text; their lengths)}
-    for the ("train" | "val", text) documents of `piece`."""
+@dataclasses.dataclass
+class Piece:
+    """Consecutive documents of a source, split by part (each part in source order)."""
+    train: list
+    val: list
+    documents: int          # how many (train and val)
+    advance: int            # how far they move the progress bar (characters, or documents)
+
+
+def encode_piece(tokenizer, piece: Piece, dtype) -> dict:
+    """{part: (tokens [n] of its documents in order, each followed by end-of-text; their lengths)}."""
     out = {}
-    for part in ("train", "val"):
-        arrays = [tokenizer.encode_array(text) for p, text in piece if p == part]
-        lengths = np.asarray([a.size + 1 for a in arrays], np.int64)
-        ids = np.concatenate(arrays) if arrays else np.zeros((0,), np.uint32)
-        if ids.size and int(ids.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
-            raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(ids.max())} outside its vocabulary")
-        tokens = np.empty(int(lengths.sum()), dtype)
-        is_text = np.ones(tokens.size, bool)
-        is_text[np.cumsum(lengths) - 1] = False                    # each document's end-of-text slot
-        tokens[is_text] = ids
-        tokens[~is_text] = tokenizer.eot_id
-        out[part] = (tokens, lengths)
+    for part, texts in (("train", piece.train), ("val", piece.val)):
+        tokens, lengths = tokenizer.encode_documents(texts)
+        if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
+            raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(tokens.max())} outside its vocabulary")
+        out[part] = (tokens.astype(dtype, copy=False), lengths)
     return out
 
 
-def pieces(documents: Iterator[tuple], piece_chars: int) -> Iterator[list]:
-    """Consecutive ("train" | "val", text) documents grouped into lists of >= piece_chars characters
-    (the last one may be smaller)."""
-    piece, chars = [], 0
-    for document in documents:
-        piece.append(document)
-        chars += len(document[1])
-        if chars >= piece_chars:
-            yield piece
-            piece, chars = [], 0
-    if piece:
-        yield piece
+def pieces(batches: Iterator[tuple], piece_chars: int, unit: str, skip: int = 0) -> Iterator[Piece]:
+    """The (texts, held_out) batches of a source regrouped into pieces of >= piece_chars characters
+    (the last one may be smaller; a batch is cut where a piece fills up), after the first `skip`
+    documents (resuming: they are in the files already)."""
+    train, val, count, chars = [], [], 0, 0
+    for texts, held in batches:
+        if skip:
+            taken = min(skip, len(texts))
+            texts, held, skip = texts[taken:], held[taken:], skip - taken
+        while texts:
+            # Cut the batch where this piece reaches piece_chars characters.
+            lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+            cut = int(np.searchsorted(np.cumsum(lengths), piece_chars - chars)) + 1
+            take, held_taken = texts[:cut], held[:cut]
+            train += [t for t, h in zip(take, held_taken) if not h]
+            val += [t for t, h in zip(take, held_taken) if h]
+            count += len(take)
+            chars += int(lengths[:cut].sum())
+            texts, held = texts[cut:], held[cut:]
+            if chars >= piece_chars:
+                yield Piece(train, val, count, chars if unit == "B" else count)
+                train, val, count, chars = [], [], 0, 0
+    if skip:
+        raise ValueError("the source has fewer documents than its partial cache records; delete the .partial directory")
+    if count:
+        yield Piece(train, val, count, chars if unit == "B" else count)
 
 
 # --- The partial cache: files that grow piece by piece, and the record of how far they are good ----
@@ -236,7 +254,7 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
                   piece_chars: int = PIECE_CHARS, read_bytes: int = sources.READ_BYTES, progress: bool = True,
                   say=lambda message: print(message, file=sys.stderr, flush=True)) -> pathlib.Path:
     """Tokenise `dataset` into its cache directory unless it is complete already; returns the
-    directory. `workers` threads tokenise (default: every core)."""
+    directory. `workers` processes tokenise (default: every core; see `worker_pool`)."""
     check_source_config(data_cfg)
     cache = cache_path(dataset, data_cfg, tokenizer.name)
     if is_complete(cache):
@@ -262,33 +280,53 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
     return cache
 
 
+_worker_tokenizer = None     # the tokenizer of this process, when it is a worker of `worker_pool`
+
+
+def _set_worker_tokenizer(tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_in_worker(piece: Piece, dtype) -> dict:
+    return encode_piece(_worker_tokenizer, piece, dtype)
+
+
+def worker_pool(tokenizer, workers: int) -> concurrent.futures.Executor:
+    """Where pieces are tokenised: one thread beside the main one for `workers` = 1 (reading and
+    writing overlap tokenising), else `workers` processes (started fresh, each with a copy of
+    the tokenizer). Processes, not threads: tokenizer calls from several threads of one process
+    scaled poorly here (on 2 cores, two threads were at times slower than one; BENCHMARKS.md)."""
+    if workers == 1:
+        _set_worker_tokenizer(tokenizer)
+        return concurrent.futures.ThreadPoolExecutor(1)
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_set_worker_tokenizer, initargs=(tokenizer,))
+
+
 def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: int, piece_chars: int,
                       progress: bool) -> None:
     from tqdm import tqdm
     unit = streams[0].unit
-    documents = (document for stream in streams for document in stream.documents())
-    done = partial.state["documents"]              # resuming: these are in the files already
-    if done and sum(1 for _ in itertools.islice(documents, done)) < done:
-        raise ValueError(f"{partial.directory}: records more documents than the source has; delete it")
+    batches = (batch for stream in streams for batch in stream.batches())
     bar = tqdm(total=sum(s.size for s in streams), initial=partial.state["advanced"], unit=unit,
                unit_scale=True, unit_divisor=1024 if unit == "B" else 1000, disable=not progress,
                desc="preparing", leave=False, dynamic_ncols=True)
     started, tokens_done = time.perf_counter(), 0
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        in_flight = []        # (future, documents, advance) in source order; at most 2 per worker
+    with worker_pool(tokenizer, workers) as pool:
+        in_flight = []        # (future, piece) in source order; at most 2 per worker
 
         def write_oldest():
             nonlocal tokens_done
-            future, count, advance = in_flight.pop(0)
+            future, piece = in_flight.pop(0)
             encoded = future.result()
-            partial.append(encoded, count, advance)
+            partial.append(encoded, piece.documents, piece.advance)
             tokens_done += sum(tokens.size for tokens, _ in encoded.values())
-            bar.update(advance)
+            bar.update(piece.advance)
             bar.set_postfix_str(f"{tokens_done / max(time.perf_counter() - started, 1e-9) / 1e6:.2f}M tokens/s")
 
-        for piece in pieces(documents, piece_chars):
-            advance = sum(len(text) for _, text in piece) if unit == "B" else len(piece)
-            in_flight.append((pool.submit(encode_piece, tokenizer, piece, partial.dtype), len(piece), advance))
+        for piece in pieces(batches, piece_chars, unit, skip=partial.state["documents"]):
+            in_flight.append((pool.submit(_encode_in_worker, piece, partial.dtype), piece))
             if len(in_flight) >= 2 * workers:
                 write_oldest()
         while in_flight:
@@ -321,7 +359,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m microrwkv_jax.data.prepare", description=main.__doc__)
     p.add_argument("--dataset", required=True, help="stories, tfds:NAME or a path/glob of .txt/.jsonl/.parquet files")
     p.add_argument("--tokenizer", default="byte", help="byte, gpt2 or a tokenizer.json path (default: byte)")
-    p.add_argument("--workers", type=int, default=None, help="tokenising threads (default: every core)")
+    p.add_argument("--workers", type=int, default=None, help="tokenising processes (default: every core)")
     p.add_argument("--piece_mb", type=float, default=PIECE_CHARS / 2 ** 20,
                    help="text per tokenisation piece, in millions of characters (memory: a few pieces per worker)")
     for key, value in DEFAULTS.items():
@@ -357,4 +395,6 @@ class _Fields(dict):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy's: worker processes find what it
+    # sends them (the pieces' class, the worker functions) under the module's own name.
+    sys.exit(importlib.import_module("microrwkv_jax.data.prepare").main())

@@ -8,9 +8,11 @@ held whole, so preparing 40 GB of text takes the memory of a few pieces.
                      blank lines), .jsonl (one JSON object per line) and .parquet files; the text
                      is in the field `text_field`
 
-A source is a list of `Stream`s: each yields ("train" | "val", text) in a fixed order. Sources
-without a validation part hold out documents by their index (`is_held_out`), so the split is
-known while streaming, without counting the documents first.
+A source is a list of `Stream`s: each yields batches of documents in a fixed order, as
+(texts, held_out flags). Batches, not single documents, because per-document Python work would
+cost more than tokenising on every core saves. Sources without a validation part hold out
+documents by their index (`held_out_mask`), so the split is known while streaming, without
+counting the documents first.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import codecs
 import dataclasses
 import glob
 import json
-import math
 import os
 import re
 from typing import Callable, Iterator, Optional
+
+import numpy as np
 
 from microrwkv_jax.data import stories
 
@@ -31,25 +34,54 @@ BLANK_LINES = re.compile(r"\n\s*\n")
 READ_BYTES = 1 << 22          # bytes of a file read at a time
 TFDS_RECORDS = 1024           # TFDS records read at a time
 PARQUET_ROWS = 1024           # parquet rows read at a time
+BATCH_DOCUMENTS = 4096        # documents per batch of line-by-line sources (.jsonl, the story corpus)
 FILE_KINDS = (".txt", ".jsonl", ".parquet")
 
 
 @dataclasses.dataclass
 class Stream:
-    """One part of a source, read in order. `documents()` yields ("train" | "val", text); `size`
-    is its size in `unit` for progress bars: "B" (bytes of files; a document advances the bar by
-    its length) or "doc" (records; a document advances it by one)."""
+    """One part of a source, read in order. `batches()` yields (texts: list of str, held_out:
+    bool array, one flag per text); `size` is its size in `unit` for progress bars: "B" (bytes
+    of files; a document advances the bar by its length) or "doc" (records, one each)."""
     name: str
     size: int
     unit: str
-    documents: Callable[[], Iterator[tuple]]
+    batches: Callable[[], Iterator[tuple]]
+
+
+def held_out_mask(start: int, count: int, fraction: float) -> np.ndarray:
+    """Whether each of documents start .. start + count - 1 of a source without a validation
+    split is held out: document 0, then one every 1/fraction documents, so that n documents hold
+    out 1 + floor((n - 1) * fraction) spread over the whole source (the held-out set never depends
+    on the source's length)."""
+    index = np.arange(start, start + count, dtype=np.float64)
+    return np.floor(index * fraction) != np.floor((index - 1) * fraction)
 
 
 def is_held_out(index: int, fraction: float) -> bool:
-    """Whether document `index` of a source without a validation split is held out: document 0,
-    then one every 1/fraction documents, so that n documents hold out 1 + floor((n - 1) * fraction)
-    spread over the whole source (the held-out set never depends on the source's length)."""
-    return math.floor(index * fraction) != math.floor((index - 1) * fraction)
+    return bool(held_out_mask(index, 1, fraction)[0])
+
+
+def numbered(batches: Iterator[list], fraction: Optional[float], held: bool = False) -> Iterator[tuple]:
+    """(texts, held_out) batches: held out by document index across all `batches` (`fraction`),
+    or all `held` when the source says which part they are (fraction None)."""
+    start = 0
+    for texts in batches:
+        if texts:
+            yield texts, (held_out_mask(start, len(texts), fraction) if fraction is not None
+                          else np.full(len(texts), held))
+            start += len(texts)
+
+
+def in_batches(items: Iterator, size: int = BATCH_DOCUMENTS) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 # --- .txt: pieces, split on a separator that may straddle them --------------------------------------
@@ -65,46 +97,28 @@ def file_has_eot(path: str, read_bytes: int = READ_BYTES) -> bool:
     return False
 
 
-def split_stream(pieces: Iterator[str], eot: bool) -> Iterator[str]:
-    """The documents of a text given in pieces: separated by <|endoftext|> (eot) or by blank
-    lines, stripped, empty ones dropped. The same documents whatever the pieces' sizes: a
-    separator split between pieces is found once the next piece arrives, and a document longer
-    than a piece is kept until it ends (memory: the longest document plus a piece)."""
+def split_stream(pieces: Iterator[str], eot: bool) -> Iterator[list]:
+    """The documents of a text given in pieces, a list per piece: separated by <|endoftext|>
+    (eot) or by blank lines, stripped, empty ones dropped. The same documents whatever the
+    pieces' sizes: the text after the last separator of a piece is kept until the next one ends
+    it (a separator split between pieces is found once the next piece arrives; a document longer
+    than a piece is kept until it ends: memory is the longest document plus a piece)."""
     buffer = ""
     for piece in pieces:
-        # A separator can only begin in the part of the buffer not yet scanned, or in the
-        # unscanned tail that could be its start: the last len(EOT) - 1 characters, or the
-        # trailing whitespace (a blank line is whitespace between two newlines).
-        scan_from = max(0, len(buffer) - len(EOT_TEXT) + 1) if eot else len(buffer.rstrip())
-        buffer += piece
-        start = 0
-        if eot:
-            at = buffer.find(EOT_TEXT, scan_from)
-            while at >= 0:
-                yield from _stripped(buffer[start:at])
-                start = at + len(EOT_TEXT)
-                at = buffer.find(EOT_TEXT, start)
-        else:
-            for match in BLANK_LINES.finditer(buffer, scan_from):
-                yield from _stripped(buffer[start:match.start()])
-                start = match.end()
-        buffer = buffer[start:]
-    yield from _stripped(buffer)
-
-
-def _stripped(text: str) -> Iterator[str]:
-    text = text.strip()
-    if text:
-        yield text
+        parts = (buffer + piece).split(EOT_TEXT) if eot else BLANK_LINES.split(buffer + piece)
+        buffer = parts.pop()
+        yield [part for part in map(str.strip, parts) if part]
+    buffer = buffer.strip()
+    yield [buffer] if buffer else []
 
 
 def split_text_documents(text: str) -> list:
     """Documents of one text: separated by <|endoftext|> if present, else by blank lines."""
-    return list(split_stream(iter([text]), EOT_TEXT in text))
+    return [doc for batch in split_stream(iter([text]), EOT_TEXT in text) for doc in batch]
 
 
-def text_file_documents(path: str, read_bytes: int = READ_BYTES) -> Iterator[str]:
-    """The documents of a .txt file, read `read_bytes` at a time (UTF-8, checked)."""
+def text_file_batches(path: str, read_bytes: int = READ_BYTES) -> Iterator[list]:
+    """The documents of a .txt file, a list per `read_bytes` read (UTF-8, checked)."""
     eot = file_has_eot(path, read_bytes)
     return split_stream(_decoded_pieces(path, read_bytes), eot)
 
@@ -167,31 +181,28 @@ def local_files(pattern: str) -> list:
     return paths
 
 
-def file_documents(path: str, text_field: str, read_bytes: int = READ_BYTES) -> Iterator[str]:
+def file_batches(path: str, text_field: str, read_bytes: int = READ_BYTES) -> Iterator[list]:
     if path.endswith(".txt"):
-        return text_file_documents(path, read_bytes)
+        return text_file_batches(path, read_bytes)
     if path.endswith(".jsonl"):
-        return jsonl_documents(path, text_field)
-    return parquet_documents(path, text_field)
+        return in_batches(jsonl_documents(path, text_field))
+    return in_batches(parquet_documents(path, text_field))
 
 
 def local_streams(pattern: str, text_field: str, val_fraction: float, read_bytes: int = READ_BYTES) -> list:
     """One stream over every file (documents numbered across files for the hold-out)."""
     paths = local_files(pattern)
 
-    def documents():
-        index = 0
-        for path in paths:
-            for text in file_documents(path, text_field, read_bytes):
-                yield ("val" if is_held_out(index, val_fraction) else "train"), text
-                index += 1
+    def batches():
+        return numbered((batch for path in paths for batch in file_batches(path, text_field, read_bytes)),
+                        val_fraction)
 
-    return [Stream(pattern, sum(os.path.getsize(p) for p in paths), "B", documents)]
+    return [Stream(pattern, sum(os.path.getsize(p) for p in paths), "B", batches)]
 
 
 def read_local_documents(pattern: str, text_field: str) -> list:
     """Every document of the files `pattern` names, in order (small sources and tests)."""
-    return [text for path in local_files(pattern) for text in file_documents(path, text_field)]
+    return [text for path in local_files(pattern) for batch in file_batches(path, text_field) for text in batch]
 
 
 # --- TFDS ---------------------------------------------------------------------------------------
@@ -202,27 +213,30 @@ def tfds_splits(name: str, data_dir: Optional[str]) -> list:
     return list(tfds.builder(name, data_dir=data_dir).info.splits.keys())
 
 
-def tfds_stream(name: str, split: str, data_dir: Optional[str], text_field: str, route) -> Stream:
-    """A TFDS split read `TFDS_RECORDS` records at a time; `route(index)` names each document's part."""
+def tfds_stream(name: str, split: str, data_dir: Optional[str], text_field: str, fraction: Optional[float],
+                held: bool = False) -> Stream:
+    """A TFDS split read `TFDS_RECORDS` records at a time (one batched read each); held out by
+    index (`fraction`) or all `held`."""
     import tensorflow_datasets as tfds
     source = tfds.data_source(name, split=split, data_dir=data_dir)
 
-    def documents():
-        for start in range(0, len(source), TFDS_RECORDS):
-            indices = range(start, min(start + TFDS_RECORDS, len(source)))
-            for index, record in zip(indices, source.__getitems__(list(indices))):     # one batched read
-                value = record[text_field]
-                yield route(index), (value.decode("utf-8") if isinstance(value, bytes) else str(value))
+    def text(record):
+        value = record[text_field]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    return Stream(f"tfds:{name}/{split}", len(source), "doc", documents)
+    def batches():
+        return numbered(([text(r) for r in source.__getitems__(list(range(start, min(start + TFDS_RECORDS,
+                                                                                      len(source)))))]
+                         for start in range(0, len(source), TFDS_RECORDS)), fraction, held)
+
+    return Stream(f"tfds:{name}/{split}", len(source), "doc", batches)
 
 
 def tfds_streams(name: str, data_dir: Optional[str], text_field: str, val_split: str, val_fraction: float) -> list:
     if val_split not in tfds_splits(name, data_dir):      # no validation split: hold out from train
-        return [tfds_stream(name, "train", data_dir, text_field,
-                            lambda i: "val" if is_held_out(i, val_fraction) else "train")]
-    return [tfds_stream(name, "train", data_dir, text_field, lambda i: "train"),
-            tfds_stream(name, val_split, data_dir, text_field, lambda i: "val")]
+        return [tfds_stream(name, "train", data_dir, text_field, val_fraction)]
+    return [tfds_stream(name, "train", data_dir, text_field, None, held=False),
+            tfds_stream(name, val_split, data_dir, text_field, None, held=True)]
 
 
 # --- The built-in corpus ----------------------------------------------------------------------------
@@ -230,11 +244,11 @@ def tfds_streams(name: str, data_dir: Optional[str], text_field: str, val_split:
 def story_streams(num_train: int, num_val: int, seed: int) -> list:
     """The built-in corpus: `num_train` generated stories, then `num_val` held-out ones (their
     own seed; their log-probabilities give the entropy floor, `held_out_stories`)."""
-    def documents(part, count, part_seed):
-        return lambda: ((part, text) for text in stories.generate_stories(count, part_seed)[0])
+    def batches(count, part_seed, held):
+        return lambda: numbered(in_batches(stories.generate_stories(count, part_seed)[0]), None, held)
 
-    return [Stream("stories/train", num_train, "doc", documents("train", num_train, seed)),
-            Stream("stories/val", num_val, "doc", documents("val", num_val, held_out_story_seed(seed)))]
+    return [Stream("stories/train", num_train, "doc", batches(num_train, seed, False)),
+            Stream("stories/val", num_val, "doc", batches(num_val, held_out_story_seed(seed), True))]
 
 
 def held_out_story_seed(seed: int) -> int:

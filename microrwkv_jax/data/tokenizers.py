@@ -19,6 +19,19 @@ import pathlib
 import numpy as np
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT_TEXT = "<|endoftext|>"
+
+
+def join_documents(arrays: list, eot_id: int) -> tuple:
+    """Documents' token arrays as one uint32 stream, each followed by end-of-text, and the
+    documents' lengths (end-of-text included), int64."""
+    lengths = np.asarray([a.size + 1 for a in arrays], np.int64)
+    tokens = np.empty(int(lengths.sum()), np.uint32)
+    is_text = np.ones(tokens.size, bool)
+    is_text[np.cumsum(lengths) - 1] = False                 # each document's end-of-text slot
+    tokens[is_text] = np.concatenate(arrays) if arrays else np.zeros((0,), np.uint32)
+    tokens[~is_text] = eot_id
+    return tokens, lengths
 
 
 class ByteTokenizer:
@@ -31,9 +44,10 @@ class ByteTokenizer:
     def encode(self, text: str) -> list:
         return list(text.encode("utf-8"))
 
-    def encode_array(self, text: str) -> np.ndarray:
-        """`encode` as a uint8 array (what data preparation writes)."""
-        return np.frombuffer(text.encode("utf-8"), np.uint8)
+    def encode_documents(self, texts: list) -> tuple:
+        """(uint32 tokens of `texts`, each followed by end-of-text; their lengths): what data
+        preparation writes."""
+        return join_documents([np.frombuffer(t.encode("utf-8"), np.uint8) for t in texts], self.eot_id)
 
     def decode(self, tokens) -> str:
         return bytes(int(t) for t in tokens if 0 <= int(t) < 256).decode("utf-8", errors="replace")
@@ -64,10 +78,22 @@ class GPT2Tokenizer:
     def encode(self, text: str) -> list:
         return self.enc.encode_ordinary(text)
 
-    def encode_array(self, text: str) -> np.ndarray:
-        """`encode` as a uint32 array, made without a Python list (and without holding Python's
-        lock: threads tokenise in parallel). No special tokens: <|endoftext|> in text is text."""
-        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+    def encode_documents(self, texts: list) -> tuple:
+        """(uint32 tokens of `texts`, each `encode`d and followed by end-of-text; their lengths).
+
+        One tiktoken call for all of them: the texts joined by <|endoftext|>, encoded with that
+        special token allowed, which tiktoken encodes between as it would each text alone. One
+        long call costs far less than many short ones, returns an array (no Python list) and
+        lets other threads run while it works. A text containing <|endoftext|> itself (as text,
+        which `encode` keeps) is encoded alone."""
+        if any(EOT_TEXT in t for t in texts):
+            return join_documents([self.enc.encode_to_numpy(t, allowed_special=set(), disallowed_special=())
+                                   for t in texts], self.eot_id)
+        tokens = self.enc.encode_to_numpy(EOT_TEXT.join(texts) + EOT_TEXT, allowed_special={EOT_TEXT},
+                                          disallowed_special=()) if texts else np.zeros((0,), np.uint32)
+        ends = np.flatnonzero(tokens == self.eot_id)
+        assert ends.size == len(texts), "tiktoken split the documents differently"
+        return tokens, np.diff(ends, prepend=-1).astype(np.int64)
 
     def decode(self, tokens) -> str:
         return self.enc.decode([int(t) for t in tokens if 0 <= int(t) < self.eot_id])
@@ -95,8 +121,11 @@ class JSONTokenizer:
     def encode(self, text: str) -> list:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), np.uint32)
+    def encode_documents(self, texts: list) -> tuple:
+        """(uint32 tokens of `texts`, each followed by end-of-text; their lengths), encoded as a
+        batch (the library's threads)."""
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return join_documents([np.asarray(e.ids, np.uint32) for e in encodings], self.eot_id)
 
     def decode(self, tokens) -> str:
         return self.tokenizer.decode([int(t) for t in tokens if 0 <= int(t) < self.vocab_size and int(t) != self.eot_id])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from microrwkv_jax.data import pipeline, prepare, sources, stories
-from microrwkv_jax.data.tokenizers import ByteTokenizer, get_tokenizer
+from microrwkv_jax.data.tokenizers import ByteTokenizer, get_tokenizer, join_documents
 from tests.helpers import REPO
 
 
@@ -28,7 +28,9 @@ def write_corpus(directory: pathlib.Path) -> str:
     (directory / "a.txt").write_text("\n\n".join(texts[20:40]) + "\n \n\n" + long_doc + "\n\n  \n" +
                                      "Ünïcödé ✓ story.\n\n日本語の話。", encoding="utf-8")
     (directory / "b.txt").write_text("<|endoftext|>".join(texts[40:50]) + "<|endoftext|>\n\nStill one.\n\nSame one.<|endoftext|>")
-    (directory / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[50:]) + "\n")
+    quoting = "A document that quotes <|endoftext|> as text."        # encoded as text, not as the token
+    (directory / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [*texts[50:55], quoting,
+                                                                                        *texts[55:]]) + "\n")
     return str(directory / "*")
 
 
@@ -78,8 +80,9 @@ class WideTokenizer:
     """Byte ids shifted past 65,535: a vocabulary that needs uint32 token files."""
     name, vocab_size, eot_id = "wide", 70_000, 69_999
 
-    def encode_array(self, text):
-        return np.frombuffer(text.encode(), np.uint8).astype(np.uint32) + 65_500
+    def encode_documents(self, texts):
+        return join_documents([np.frombuffer(t.encode(), np.uint8).astype(np.uint32) + 65_500 for t in texts],
+                              self.eot_id)
 
 
 def test_a_vocabulary_over_65536_tokens_gets_uint32_files(tmp_path):
@@ -97,11 +100,12 @@ def test_documents_split_the_same_across_any_pieces():
     assert expected[:4] == ["a", "b", "c<x>", "d"] and expected[-2:] == ["e" * 50, "f"]
     for size in (1, 2, 3, 5, 17):
         pieces = [text[i:i + size] for i in range(0, len(text), size)]
-        assert list(sources.split_stream(iter(pieces), eot=False)) == expected
+        assert [d for batch in sources.split_stream(iter(pieces), eot=False) for d in batch] == expected
     eot_text = "one<|endoftext|>two\n\nstill two<|endoftext|><|endoftext|> three "
     for size in (1, 4, 12, 13, 100):
         pieces = [eot_text[i:i + size] for i in range(0, len(eot_text), size)]
-        assert list(sources.split_stream(iter(pieces), eot=True)) == ["one", "two\n\nstill two", "three"]
+        assert [d for batch in sources.split_stream(iter(pieces), eot=True) for d in batch] == \
+            ["one", "two\n\nstill two", "three"]
 
 
 def test_held_out_documents_are_spread_and_counted_exactly():
@@ -202,13 +206,13 @@ try:
     runpy.run_module("microrwkv_jax.data.prepare", run_name="__main__")
 except SystemExit as exit:
     assert not exit.code, exit.code
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 """
 
 
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
-    peaks = {}
+    peaks, workers = {}, {}
     for megabytes in (16, 64):       # both larger than what is read at a time (sources.READ_BYTES)
         corpus = tmp_path / f"corpus{megabytes}.txt"
         write_big_corpus(corpus, megabytes)
@@ -216,10 +220,11 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
                                str(tmp_path / "cache"), "--piece_mb", "0.25", "--workers", "2"],
                               cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-        peaks[megabytes] = int(done.stdout.strip().splitlines()[-1])
+        peaks[megabytes], workers[megabytes] = map(int, done.stdout.split()[-2:])     # main, largest worker
         corpus.unlink()
     # 48 MB more text must not show in the peak (holding it would add 3-4 times that): what is in
     # flight varies by a few pieces (each ~1 MB of text and tokens) with the threads' timing.
     assert sources.READ_BYTES < 16 * 2 ** 20
     assert peaks[64] - peaks[16] < 12 * 2 ** 20, peaks
-    assert peaks[64] < 1 << 30, peaks
+    assert workers[64] - workers[16] < 12 * 2 ** 20, workers
+    assert peaks[64] < 1 << 30 and 0 < workers[64] < 1 << 30, (peaks, workers)
