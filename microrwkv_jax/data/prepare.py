@@ -12,13 +12,13 @@ and prepares it itself on first use when none exists. A cache directory
     info.json                         sizes, dtype, the entropy floor of the built-in corpus
 
 How it stays bounded, parallel and safe:
-  * Documents stream from the source (`sources`, in batches) and are regrouped into pieces of
-    about `piece_chars` characters. Worker processes tokenise pieces (one tokenizer call per
-    piece and part); the main process reads ahead and appends finished pieces in source order,
-    so the files are the same byte for byte whatever the number of workers or the piece size.
-    At most two pieces per worker are in flight: memory is a few pieces per process, whatever
-    the corpus's size.
-  * Work happens in `{cache}.partial/`; every CHECKPOINT_SECONDS (after a written piece)
+  * Documents stream from the source (`sources`) in batches of about `piece_chars` characters.
+    Worker processes split and tokenise batches (one tokenizer call per batch); the main process
+    reads ahead, decides which documents are held out, and appends finished batches in source
+    order, so the files are the same byte for byte whatever the number of workers or the piece
+    size. At most two batches per worker are in flight: memory is a few batches per process,
+    whatever the corpus's size.
+  * Work happens in `{cache}.partial/`; every CHECKPOINT_SECONDS (after a written batch)
     `progress.json` records how far the files are complete (written after the files are synced).
     A rerun after a crash truncates the files to that point and continues from the next
     document; the result is identical.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import dataclasses
 import glob
 import hashlib
 import importlib
@@ -50,7 +49,6 @@ import numpy as np
 from microrwkv_jax.data import sources, stories
 
 FORMAT_VERSION = 2
-PIECE_CHARS = 1 << 22         # characters of text per tokenisation piece
 CHECKPOINT_SECONDS = 2.0      # how often progress.json records the files' good length
 # Each file of a cache, with the progress counter that says how many of its items are good.
 STREAM_FILES = {"train.bin": "train_tokens", "val.bin": "val_tokens",
@@ -100,52 +98,12 @@ def is_complete(cache: pathlib.Path) -> bool:
 
 # --- Tokenising pieces ----------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class Piece:
-    """Consecutive documents of a source, split by part (each part in source order)."""
-    train: list
-    val: list
-    documents: int          # how many (train and val)
-    advance: int            # how far they move the progress bar (characters, or documents)
-
-
-def encode_piece(tokenizer, piece: Piece, dtype) -> dict:
-    """{part: (tokens [n] of its documents in order, each followed by end-of-text; their lengths)}."""
-    out = {}
-    for part, texts in (("train", piece.train), ("val", piece.val)):
-        tokens, lengths = tokenizer.encode_documents(texts)
-        if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
-            raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(tokens.max())} outside its vocabulary")
-        out[part] = (tokens.astype(dtype, copy=False), lengths)
-    return out
-
-
-def pieces(batches: Iterator[tuple], piece_chars: int, unit: str, skip: int = 0) -> Iterator[Piece]:
-    """The (texts, held_out) batches of a source regrouped into pieces of >= piece_chars characters
-    (the last one may be smaller; a batch is cut where a piece fills up), after the first `skip`
-    documents (resuming: they are in the files already)."""
-    train, val, count, chars = [], [], 0, 0
-    for texts, held in batches:
-        if skip:
-            taken = min(skip, len(texts))
-            texts, held, skip = texts[taken:], held[taken:], skip - taken
-        while texts:
-            # Cut the batch where this piece reaches piece_chars characters.
-            lengths = np.fromiter(map(len, texts), np.int64, len(texts))
-            cut = int(np.searchsorted(np.cumsum(lengths), piece_chars - chars)) + 1
-            take, held_taken = texts[:cut], held[:cut]
-            train += [t for t, h in zip(take, held_taken) if not h]
-            val += [t for t, h in zip(take, held_taken) if h]
-            count += len(take)
-            chars += int(lengths[:cut].sum())
-            texts, held = texts[cut:], held[cut:]
-            if chars >= piece_chars:
-                yield Piece(train, val, count, chars if unit == "B" else count)
-                train, val, count, chars = [], [], 0, 0
-    if skip:
-        raise ValueError("the source has fewer documents than its partial cache records; delete the .partial directory")
-    if count:
-        yield Piece(train, val, count, chars if unit == "B" else count)
+def encode_batch(tokenizer, batch, dtype) -> tuple:
+    """(tokens [n] of a batch's documents in order, each followed by end-of-text; their lengths)."""
+    tokens, lengths = tokenizer.encode_documents(sources.batch_documents(batch))
+    if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
+        raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(tokens.max())} outside its vocabulary")
+    return tokens.astype(dtype, copy=False), lengths
 
 
 # --- The partial cache: files that grow piece by piece, and the record of how far they are good ----
@@ -251,7 +209,7 @@ def exclusive_lock(path: pathlib.Path, say):
 # --- Preparing a cache -----------------------------------------------------------------------------
 
 def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] = None,
-                  piece_chars: int = PIECE_CHARS, read_bytes: int = sources.READ_BYTES, progress: bool = True,
+                  piece_chars: int = sources.PIECE_CHARS, progress: bool = True,
                   say=lambda message: print(message, file=sys.stderr, flush=True)) -> pathlib.Path:
     """Tokenise `dataset` into its cache directory unless it is complete already; returns the
     directory. `workers` processes tokenise (default: every core; see `worker_pool`)."""
@@ -263,12 +221,12 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
     with exclusive_lock(cache.with_name(cache.name + ".lock"), say):
         if is_complete(cache):            # another process prepared it while this one waited
             return cache
-        streams = sources.source_streams(dataset, data_cfg, read_bytes)
+        streams = sources.source_streams(dataset, data_cfg, piece_chars)
         partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size))
         try:
             if partial.resumed and progress:
                 say(f"resuming the preparation of {cache} after {partial.state['documents']:,} documents")
-            _tokenize_streams(streams, tokenizer, partial, workers or os.cpu_count() or 1, piece_chars, progress)
+            _tokenize_streams(streams, tokenizer, partial, workers or os.cpu_count() or 1, progress)
             partial.checkpoint()          # every file complete on disk before info.json is made from them
             partial.finish(_info(dataset, data_cfg, tokenizer, partial), cache)
         except ValueError:       # the source is unusable as it is: nothing to resume
@@ -288,12 +246,12 @@ def _set_worker_tokenizer(tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_in_worker(piece: Piece, dtype) -> dict:
-    return encode_piece(_worker_tokenizer, piece, dtype)
+def _encode_in_worker(batch, dtype) -> tuple:
+    return encode_batch(_worker_tokenizer, batch, dtype)
 
 
 def worker_pool(tokenizer, workers: int) -> concurrent.futures.Executor:
-    """Where pieces are tokenised: one thread beside the main one for `workers` = 1 (reading and
+    """Where batches are tokenised: one thread beside the main one for `workers` = 1 (reading and
     writing overlap tokenising), else `workers` processes (started fresh, each with a copy of
     the tokenizer). Processes, not threads: tokenizer calls from several threads of one process
     scaled poorly here (on 2 cores, two threads were at times slower than one; BENCHMARKS.md)."""
@@ -304,29 +262,53 @@ def worker_pool(tokenizer, workers: int) -> concurrent.futures.Executor:
                                                   initializer=_set_worker_tokenizer, initargs=(tokenizer,))
 
 
-def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: int, piece_chars: int,
-                      progress: bool) -> None:
+def _batches_after(streams: list, skip: int, counted: list) -> Iterator[tuple]:
+    """(stream number, batch) for every batch of `streams` in order, after their first `skip`
+    documents (resuming: those are in the files already; `counted[s]` gets how many of stream s
+    were skipped). Only skipped batches are split here; the others are split by the workers."""
+    for number, stream in enumerate(streams):
+        for batch in stream.batches():
+            if skip:
+                documents = sources.batch_documents(batch)
+                taken = min(skip, len(documents))
+                skip -= taken
+                counted[number] += taken
+                batch = documents[taken:]
+                if not batch:
+                    continue
+            yield number, batch
+    if skip:
+        raise ValueError("the source has fewer documents than its partial cache records; delete the .partial directory")
+
+
+def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: int, progress: bool) -> None:
     from tqdm import tqdm
     unit = streams[0].unit
-    batches = (batch for stream in streams for batch in stream.batches())
     bar = tqdm(total=sum(s.size for s in streams), initial=partial.state["advanced"], unit=unit,
                unit_scale=True, unit_divisor=1024 if unit == "B" else 1000, disable=not progress,
                desc="preparing", leave=False, dynamic_ncols=True)
+    counted = [0] * len(streams)           # documents of each stream in the files so far (for the hold-out)
     started, tokens_done = time.perf_counter(), 0
     with worker_pool(tokenizer, workers) as pool:
-        in_flight = []        # (future, piece) in source order; at most 2 per worker
+        in_flight = []        # (future, stream number, characters) in source order; at most 2 per worker
 
         def write_oldest():
             nonlocal tokens_done
-            future, piece = in_flight.pop(0)
-            encoded = future.result()
-            partial.append(encoded, piece.documents, piece.advance)
-            tokens_done += sum(tokens.size for tokens, _ in encoded.values())
-            bar.update(piece.advance)
+            future, number, chars = in_flight.pop(0)
+            tokens, lengths = future.result()
+            held = streams[number].held_out(counted[number], lengths.size)
+            counted[number] += lengths.size
+            held_tokens = np.repeat(held, lengths)
+            encoded = {"train": (tokens[~held_tokens], lengths[~held]), "val": (tokens[held_tokens], lengths[held])}
+            advance = chars if unit == "B" else int(lengths.size)
+            partial.append(encoded, int(lengths.size), advance)
+            tokens_done += tokens.size
+            bar.update(advance)
             bar.set_postfix_str(f"{tokens_done / max(time.perf_counter() - started, 1e-9) / 1e6:.2f}M tokens/s")
 
-        for piece in pieces(batches, piece_chars, unit, skip=partial.state["documents"]):
-            in_flight.append((pool.submit(_encode_in_worker, piece, partial.dtype), piece))
+        for number, batch in _batches_after(streams, partial.state["documents"], counted):
+            in_flight.append((pool.submit(_encode_in_worker, batch, partial.dtype), number,
+                              sources.batch_chars(batch)))
             if len(in_flight) >= 2 * workers:
                 write_oldest()
         while in_flight:
@@ -360,7 +342,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", required=True, help="stories, tfds:NAME or a path/glob of .txt/.jsonl/.parquet files")
     p.add_argument("--tokenizer", default="byte", help="byte, gpt2 or a tokenizer.json path (default: byte)")
     p.add_argument("--workers", type=int, default=None, help="tokenising processes (default: every core)")
-    p.add_argument("--piece_mb", type=float, default=PIECE_CHARS / 2 ** 20,
+    p.add_argument("--piece_mb", type=float, default=sources.PIECE_CHARS / 2 ** 20,
                    help="text per tokenisation piece, in millions of characters (memory: a few pieces per worker)")
     for key, value in DEFAULTS.items():
         p.add_argument(f"--{key}", default=value, type=type(value) if value is not None else str,

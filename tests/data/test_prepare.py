@@ -61,11 +61,11 @@ def test_token_files_are_byte_identical_for_any_workers_and_piece_size(tmp_path,
     docs, expected = reference_streams(pattern, tokenizer, 0.1)
     assert max(len(d) for d in docs) > 4000 and any("\n\n" in d for d in docs)       # the long one; b.txt's
     results = []
-    # (workers, characters per piece, bytes read at a time): one piece; pieces smaller than most
-    # documents, reads that split separators and multi-byte characters; and in between.
-    for i, (workers, piece_chars, read_bytes) in enumerate([(1, 1 << 22, 1 << 24), (2, 50, 7), (4, 700, 333)]):
+    # (workers, characters per batch and bytes read at a time): one batch; batches smaller than
+    # most documents, reads that split separators and multi-byte characters; and in between.
+    for i, (workers, piece_chars) in enumerate([(1, 1 << 22), (2, 7), (3, 333)]):
         cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / f"cache{i}", val_fraction=0.1), tokenizer,
-                                      workers=workers, piece_chars=piece_chars, read_bytes=read_bytes, progress=False)
+                                      workers=workers, piece_chars=piece_chars, progress=False)
         results.append(read_cache_files(cache))
         data = pipeline.load_token_data(cache)
         np.testing.assert_array_equal(data.train, expected["train"])
@@ -98,14 +98,17 @@ def test_documents_split_the_same_across_any_pieces():
     text = "a\n\n\n b\n \nc<x>\n\nd\n\t\n" * 3 + "e" * 50 + "\n\n" + " \n \n" + "f"
     expected = sources.split_text_documents(text)
     assert expected[:4] == ["a", "b", "c<x>", "d"] and expected[-2:] == ["e" * 50, "f"]
-    for size in (1, 2, 3, 5, 17):
-        pieces = [text[i:i + size] for i in range(0, len(text), size)]
-        assert [d for batch in sources.split_stream(iter(pieces), eot=False) for d in batch] == expected
+    spaced = "g\n \nh\n\t\ni j\n  \n"         # blank lines that all hold spaces
+    for whole in (text, spaced):
+        for size in (1, 2, 3, 5, 17):
+            pieces = [whole[i:i + size] for i in range(0, len(whole), size)]
+            chunks = list(sources.text_chunks(iter(pieces), eot=False))
+            assert [d for c in chunks for d in c.documents()] == sources.split_text_documents(whole)
     eot_text = "one<|endoftext|>two\n\nstill two<|endoftext|><|endoftext|> three "
     for size in (1, 4, 12, 13, 100):
         pieces = [eot_text[i:i + size] for i in range(0, len(eot_text), size)]
-        assert [d for batch in sources.split_stream(iter(pieces), eot=True) for d in batch] == \
-            ["one", "two\n\nstill two", "three"]
+        chunks = list(sources.text_chunks(iter(pieces), eot=True))
+        assert [d for c in chunks for d in c.documents()] == ["one", "two\n\nstill two", "three"]
 
 
 def test_held_out_documents_are_spread_and_counted_exactly():
@@ -213,7 +216,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resource.getrus
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     peaks, workers = {}, {}
-    for megabytes in (16, 64):       # both larger than what is read at a time (sources.READ_BYTES)
+    for megabytes in (16, 64):       # both larger than what is read at a time (sources.PIECE_CHARS)
         corpus = tmp_path / f"corpus{megabytes}.txt"
         write_big_corpus(corpus, megabytes)
         done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, "--dataset", str(corpus), "--cache_dir",
@@ -224,7 +227,7 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
         corpus.unlink()
     # 48 MB more text must not show in the peak (holding it would add 3-4 times that): what is in
     # flight varies by a few pieces (each ~1 MB of text and tokens) with the threads' timing.
-    assert sources.READ_BYTES < 16 * 2 ** 20
+    assert sources.PIECE_CHARS < 16 * 2 ** 20
     assert peaks[64] - peaks[16] < 12 * 2 ** 20, peaks
     assert workers[64] - workers[16] < 12 * 2 ** 20, workers
     assert peaks[64] < 1 << 30 and 0 < workers[64] < 1 << 30, (peaks, workers)
