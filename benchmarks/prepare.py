@@ -8,9 +8,9 @@ Writes a `.txt` of generated stories (blank-line separated, repeated to --prepar
   * the peer: a plain single-threaded loop, `tiktoken`'s `encode_ordinary` over every document
     of the file (read and split by the same reader), writing nothing;
   * `python -m microrwkv_jax.data.prepare` with each --prepare_workers count, writing the cache.
-Each record: seconds, tokens, tokens/s, peak resident memory (the process's ru_maxrss; for
-prepare also its largest worker process's) and, for prepare, its speed relative to the peer's
-in the same run.
+Each record: seconds, tokens, tokens/s, peak resident memory (the process's own VmHWM; for
+prepare also the sampled peak of it and its worker processes together, `benchmarks/rss.py`)
+and, for prepare, its speed relative to the peer's in the same run.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 PEER = """
-import resource, sys, time
+import sys, time
+from benchmarks.rss import own_peak_bytes
 from microrwkv_jax.data import sources
 from microrwkv_jax.data.tokenizers import get_tokenizer
 enc = get_tokenizer(sys.argv[2]).enc
@@ -42,19 +43,20 @@ started, tokens = time.perf_counter(), 0
 for chunk in sources.text_file_batches(sys.argv[1]):
     for document in chunk.documents():
         tokens += len(enc.encode_ordinary(document)) + 1
-print(tokens, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(tokens, time.perf_counter() - started, own_peak_bytes(), own_peak_bytes())
 """
 
 OURS = """
-import json, pathlib, resource, sys, time
+import json, pathlib, sys, time
+from benchmarks.rss import TreePeak, own_peak_bytes
 from microrwkv_jax.data import prepare
 started = time.perf_counter()
-assert prepare.main(sys.argv[1:]) == 0
+with TreePeak() as tree:
+    assert prepare.main(sys.argv[1:]) == 0
 seconds = time.perf_counter() - started
 cache = next(pathlib.Path(sys.argv[sys.argv.index("--cache_dir") + 1]).glob("*/info.json"))
 info = json.loads(cache.read_text())
-print(info["train_tokens"] + info["val_tokens"], seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+print(info["train_tokens"] + info["val_tokens"], seconds, own_peak_bytes(), tree.peak)
 """
 
 
@@ -70,13 +72,13 @@ def write_corpus(path: pathlib.Path, mebibytes: float) -> None:
 
 
 def measure(script: str, args: list) -> tuple:
-    """(tokens, seconds, peak RSS bytes, the largest worker process's peak RSS or 0) printed by
-    `script` run in a fresh process."""
+    """(tokens, seconds, the process's peak RSS, the peak RSS of it and its workers together)
+    printed by `script` run in a fresh process."""
     done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench.py prepare: {done.stderr.strip().splitlines()[-1]}")
-    tokens, seconds, rss, *workers = done.stdout.splitlines()[-1].split()
-    return int(tokens), float(seconds), int(rss), int(workers[0]) if workers else 0
+    tokens, seconds, rss, tree = done.stdout.splitlines()[-1].split()
+    return int(tokens), float(seconds), int(rss), int(tree)
 
 
 def run() -> None:
@@ -95,10 +97,10 @@ def run() -> None:
               "seconds": seconds, "tokens_per_s": peer_rate, "peak_rss_bytes": rss})
         for workers in (int(w) for w in FLAGS.prepare_workers.split(",")):
             cache_dir = pathlib.Path(tmp) / f"cache-{workers}"
-            tokens, seconds, rss, worker_rss = measure(OURS, ["--dataset", str(corpus), "--tokenizer",
+            tokens, seconds, rss, tree_rss = measure(OURS, ["--dataset", str(corpus), "--tokenizer",
                                                               FLAGS.prepare_tokenizer, "--cache_dir", str(cache_dir),
                                                               "--workers", str(workers)])
             emit({**common, "method": f"microrwkv_jax.data.prepare, {workers} workers", "workers": workers,
                   "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_bytes": rss,
-                  "worker_peak_rss_bytes": worker_rss, "speed_vs_loop": tokens / seconds / peer_rate})
+                  "peak_rss_with_workers_bytes": tree_rss, "speed_vs_loop": tokens / seconds / peer_rate})
             subprocess.run(["rm", "-rf", str(cache_dir)], check=True)
