@@ -96,7 +96,7 @@ def is_complete(cache: pathlib.Path) -> bool:
     return (cache / "info.json").is_file()
 
 
-# --- Tokenising pieces ----------------------------------------------------------------------------
+# --- Tokenising batches ---------------------------------------------------------------------------
 
 def encode_batch(tokenizer, batch, dtype) -> tuple:
     """(tokens [n] of a batch's documents in order, each followed by end-of-text; their lengths)."""
@@ -106,10 +106,10 @@ def encode_batch(tokenizer, batch, dtype) -> tuple:
     return tokens.astype(dtype, copy=False), lengths
 
 
-# --- The partial cache: files that grow piece by piece, and the record of how far they are good ----
+# --- The partial cache: files that grow batch by batch, and the record of how far they are good ----
 
 class PartialCache:
-    """`{cache}.partial/`: the token and start files, appended piece by piece, and progress.json."""
+    """`{cache}.partial/`: the token and start files, appended batch by batch, and progress.json."""
 
     def __init__(self, directory: pathlib.Path, dtype):
         self.directory, self.dtype = directory, np.dtype(dtype)
@@ -136,7 +136,7 @@ class PartialCache:
         return self.state["documents"] > 0
 
     def append(self, encoded: dict, documents: int, advanced: int) -> None:
-        """Append one piece's tokens and document starts; record the new sizes every
+        """Append one batch's tokens and document starts; record the new sizes every
         CHECKPOINT_SECONDS (syncing costs a disk flush; a crash redoes at most that much work)."""
         for part, (tokens, lengths) in encoded.items():
             starts = self.state[f"{part}_tokens"] + np.cumsum(lengths) - lengths      # int64 [documents]
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default="byte", help="byte, gpt2 or a tokenizer.json path (default: byte)")
     p.add_argument("--workers", type=int, default=None, help="tokenising processes (default: every core)")
     p.add_argument("--piece_mb", type=float, default=sources.PIECE_CHARS / 2 ** 20,
-                   help="text per tokenisation piece, in millions of characters (memory: a few pieces per worker)")
+                   help="text per batch, in MiB (memory: a few batches per worker)")
     for key, value in DEFAULTS.items():
         p.add_argument(f"--{key}", default=value, type=type(value) if value is not None else str,
                        help=f"as the config's data.{key} (default: {value})")
@@ -377,6 +377,6 @@ class _Fields(dict):
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, not this __main__ copy's: worker processes find what it
-    # sends them (the pieces' class, the worker functions) under the module's own name.
+    # Run the importable module's main, not this __main__ copy's: the worker processes find the
+    # functions it sends them under the module's own name.
     sys.exit(importlib.import_module("microrwkv_jax.data.prepare").main())
