@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from microrwkv_jax.checkpoints import CorruptCheckpointError, ParamCodec, tree_checksums, unreadable, verify_checksums
@@ -167,10 +168,10 @@ class Run:
         items = {"params": ocp.args.StandardRestore(abstract(self.params)), "meta": ocp.args.JsonRestore()}
         if self.opt_state is not None:       # an evaluation restores the parameters only
             items["opt_state"] = ocp.args.StandardRestore(abstract(self.opt_state))
+        self.check_param_shapes(where / "params")
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
-            self.check_param_shapes(manager, step)
             raise unreadable(where, err) from None
         if restored.meta["model"] != self.model_config.to_dict():
             raise TrainingError(f"{self.out_dir}: its checkpoint is of another model config; "
@@ -184,24 +185,31 @@ class Run:
             self.opt_state = restored.opt_state
         self.step = int(restored.meta["step"])
 
-    def check_param_shapes(self, manager, step: int) -> None:
-        """Raise TrainingError if the checkpoint of `step` is intact but its parameters do not have
-        this model's shapes (another model, or a layout an older version wrote): it is not corrupt
-        and must not be moved aside. Returns when they match or the files cannot be read."""
+    def check_param_shapes(self, params_dir) -> None:
+        """Raise TrainingError if a checkpoint's parameters (its metadata says their shapes; no
+        array is read) do not have this model's shapes: another model, or a layout an older
+        version wrote. Such a checkpoint is not corrupt and must not be moved aside. Returns when
+        they match or the metadata cannot be read (the restore then says what is wrong)."""
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)     # (orbax warns that a run's item has no step metadata)
         try:
-            stored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-            shapes = {name: tuple(value.shape) for name, value in stored.params.items()}
-        except Exception:     # unreadable: the caller reports it as corrupt
+            metadata = ocp.StandardCheckpointer().metadata(params_dir)
+            stored = getattr(metadata, "item_metadata", metadata)
+            shapes = {name: tuple(value.shape) for name, value in stored.items()}
+        except Exception:     # unreadable: the restore reports it as corrupt
             return
+        finally:
+            absl_logging.set_verbosity(verbosity)
+        where = pathlib.Path(params_dir).parent
         for name, value in self.params.items():
             if shapes.get(name, tuple(value.shape)) != tuple(value.shape):
-                raise TrainingError(f"{self.out_dir / 'checkpoints' / str(step)}: parameter {name} has shape "
-                                    f"{shapes[name]}, this model's is {tuple(value.shape)} (a checkpoint of "
-                                    "another model or of an older microrwkv_jax layout); use another out_dir")
+                raise TrainingError(f"{where}: parameter {name} has shape {shapes[name]}, this model's is "
+                                    f"{tuple(value.shape)} (a checkpoint of another model or of an older "
+                                    "microrwkv_jax layout); use another out_dir")
         missing = sorted(set(self.params) - set(shapes))
         if missing:
-            raise TrainingError(f"{self.out_dir / 'checkpoints' / str(step)}: parameters {missing[:3]} are missing "
-                                "(a checkpoint of another model or version); use another out_dir")
+            raise TrainingError(f"{where}: parameters {missing[:3]} are missing (a checkpoint of another model or "
+                                "version); use another out_dir")
 
     def resume(self, manager, say) -> Optional[int]:
         """Restore the newest intact checkpoint. A corrupt newer one is moved aside (renamed
