@@ -1,7 +1,10 @@
 """Data preparation: streamed sources, parallel tokenisation, crash safety, bounded memory."""
 
+import glob
 import json
+import math
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -37,14 +40,17 @@ def write_corpus(directory: pathlib.Path) -> str:
 def reference_streams(pattern, tokenizer, fraction):
     """The token streams computed the plain way: whole files split at once, one document at a time."""
     docs = []
-    for path in sorted(pathlib.Path(p) for p in __import__("glob").glob(pattern)):
+    for path in sorted(pathlib.Path(p) for p in glob.glob(pattern)):
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".txt":
-            docs += sources.split_text_documents(path.read_text(encoding="utf-8"))
+            parts = text.split("<|endoftext|>") if "<|endoftext|>" in text else re.split(r"\n\s*\n", text)
+            docs += [part.strip() for part in parts if part.strip()]
         else:
-            docs += [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+            docs += [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
     parts = {"train": [], "val": []}
-    for i, doc in enumerate(docs):
-        parts["val" if sources.is_held_out(i, fraction) else "train"].append(tokenizer.encode(doc) + [tokenizer.eot_id])
+    for i, doc in enumerate(docs):      # held out: document 0, then one every 1/fraction
+        held = math.floor(i * fraction) != math.floor((i - 1) * fraction)
+        parts["val" if held else "train"].append(tokenizer.encode(doc) + [tokenizer.eot_id])
     return docs, {part: np.asarray([t for d in ds for t in d]) for part, ds in parts.items()}
 
 
