@@ -114,10 +114,13 @@ class PartialCache:
     def __init__(self, directory: pathlib.Path, dtype):
         self.directory, self.dtype = directory, np.dtype(dtype)
         directory.mkdir(parents=True, exist_ok=True)
-        progress = directory / "progress.json"
-        self.state = json.loads(progress.read_text()) if progress.is_file() else None
-        if self.state is not None and self.state["dtype"] != self.dtype.name:
-            self.state = None
+        self.state = None
+        try:
+            self.state = json.loads((directory / "progress.json").read_text())
+            if not isinstance(self.state, dict) or self.state.get("dtype") != self.dtype.name:
+                self.state = None
+        except (OSError, ValueError):     # none yet, or unreadable: start over (the files are cut to 0)
+            pass
         if self.state is None:
             self.state = {"dtype": self.dtype.name, "documents": 0, "advanced": 0,
                           "train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}

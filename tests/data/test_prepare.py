@@ -91,6 +91,18 @@ class WideTokenizer:
                               self.eot_id)
 
 
+def test_an_unreadable_progress_record_restarts_the_preparation_cleanly(tmp_path):
+    pattern = write_corpus(tmp_path / "corpus")
+    clean = prepare.prepare_cache(pattern, data_cfg(tmp_path / "clean"), ByteTokenizer(), workers=1, progress=False)
+    cache = prepare.cache_path(pattern, data_cfg(tmp_path / "cache"), "byte")
+    partial = cache.with_name(cache.name + ".partial")
+    partial.mkdir(parents=True)
+    (partial / "progress.json").write_text('{"dtype": "uint16", "docum')      # cut short
+    (partial / "train.bin").write_bytes(b"junk" * 100)
+    done = prepare.prepare_cache(pattern, data_cfg(tmp_path / "cache"), ByteTokenizer(), workers=1, progress=False)
+    assert read_cache_files(done) == read_cache_files(clean) and not partial.exists()
+
+
 def test_a_vocabulary_over_65536_tokens_gets_uint32_files(tmp_path):
     pattern = write_corpus(tmp_path / "corpus")
     cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / "cache"), WideTokenizer(), workers=2, progress=False)
