@@ -2,6 +2,7 @@
 """Benchmarks, measured the same way every time (the code is in benchmarks/, one module each).
 
     python bench.py train --config configs/tinystories.py [--config.model.family=rwkv] [--steps 10]
+    python bench.py train --config configs/tiny.py --compile_only --topology v5e:2x2 --config.mesh.fsdp=4
     python bench.py generate [--size table|small] [--contexts 16,64,...] [--families gpt2,rwkv4] [--out bench_out]
     python bench.py eval [--size table|small] [--families gpt2,rwkv4] [--eval_shape 1,1024]
     python bench.py wkv [--shape 16,1024,8,64] [--chunks 16,32,64,128]
@@ -18,6 +19,8 @@ GPT-2 and RWKV with the same weights in the same run (when it is installed). ben
 runs the GPU half in one go.
 """
 
+import os
+
 from absl import app, logging
 
 from benchmarks import (attention, evaluate, generate, load, prepare, profile_decode, startup, train, vs_torch,
@@ -31,6 +34,8 @@ COMMANDS = {"train": train.run, "generate": generate.run, "eval": evaluate.run, 
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.topology:      # compiling for a TPU elsewhere: this machine's own devices are its CPUs
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if FLAGS.param_dtype != "float32":
         from microrwkv_jax.loading import use_lean_cpu_scheduler
         use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used

@@ -5,6 +5,7 @@
     python sample.py --ckpt out/ckpt-500 --prompt "Once"  # a converted checkpoint (or a .pth, or a run dir)
     python sample.py --model_name ckpt-500 --max_num_tokens 200   # the published generate.py's flags
     python sample.py --ckpt RWKV-4-Pile-169M.pth --tokenizer 20B_tokenizer.json --prompt "One day"
+    python sample.py --ckpt big-model --fsdp 8            # parameters split over 8 devices
 
 Causal models decode recurrently (constant time and memory per token); the published
 architecture is not causal and reruns its whole window for every token, as the original does.
@@ -38,6 +39,9 @@ def parse_args(argv):
     p.add_argument("--no_compilation_cache", action="store_true",
                    help="compile everything afresh instead of using JAX's persistent compilation cache "
                         "(microrwkv_jax/compilation_cache.py says where it is)")
+    p.add_argument("--fsdp", type=int, default=1,
+                   help="split every parameter over this many devices (for a model larger than one device)")
+    p.add_argument("--tensor", type=int, default=1, help="split heads and hidden units over this many devices")
     p.add_argument("--max_prompt_tokens", type=int, default=16384,
                    help="refuse longer prompts (a recurrent prefill takes time in proportion to them)")
     return p.parse_args(argv)
@@ -88,6 +92,9 @@ def run(args) -> int:
         raise ValueError(f"--top_k={args.top_k}: must be >= 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top_p={args.top_p}: must be in (0, 1]")
+    for flag in ("fsdp", "tensor"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag}={getattr(args, flag)}: must be >= 1")
     if args.param_dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"--param_dtype={args.param_dtype}: expected float32, bfloat16 or float16")
     path = resolve_checkpoint(args)
@@ -106,8 +113,15 @@ def run(args) -> int:
         from microrwkv_jax.compilation_cache import enable_compilation_cache
         enable_compilation_cache()
 
+    mesh = None
+    if args.fsdp > 1 or args.tensor > 1:     # parameters read straight into their shards, as training places them
+        from microrwkv_jax.sharding import make_mesh
+        mesh = make_mesh({"data": -1, "fsdp": args.fsdp, "tensor": args.tensor})
     model, config, tokenizer = load_model_and_tokenizer(path, dtype=args.dtype, tokenizer=args.tokenizer,
-                                                        param_dtype=args.param_dtype)
+                                                        param_dtype=args.param_dtype, mesh=mesh)
+    if mesh is not None:
+        print(f"sample.py: parameters split over {mesh.devices.size} devices in a mesh of "
+              + " x ".join(f"{axis}={size}" for axis, size in mesh.shape.items()), file=sys.stderr)
     try:
         prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     except UnicodeEncodeError as err:

@@ -40,6 +40,8 @@ flags.DEFINE_string("windows", "64,global", "attention: windows to measure ('glo
 flags.DEFINE_string("dtype", "auto", "compute dtype: auto (bf16 on GPU, f32 on CPU), float32, bfloat16")
 flags.DEFINE_float("peak_flops", None, "device peak FLOP/s for MFU (known GPUs are detected)")
 flags.DEFINE_bool("compile_only", False, "train: report XLA's memory analysis of the compiled step, run nothing")
+flags.DEFINE_string("topology", None, "train --compile_only: compile for this TPU topology (e.g. v5e:2x2, v5p:2x2x1) "
+                    "on this machine, without a TPU; needs libtpu (the tpu-compile extra)")
 
 
 def environment() -> dict:

@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     # whole story from its first token, as a sample does (False: anywhere in the stream). On this
     # corpus it takes the tiny hybrid from +33% to +12% above the floor at 650 steps (README).
     c.data.document_windows = True
+    # The device mesh (microrwkv_jax/sharding.py): data x fsdp x tensor = the device count, -1 on
+    # one axis for "the rest". data: batch split, parameters replicated. fsdp: batch split and every
+    # parameter and its optimizer state split too (a model larger than one device). tensor: heads
+    # and hidden units split. The default is plain data parallelism over every device.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.distributed = ml_collections.ConfigDict(dict(
         coordinator_address=ml_collections.FieldReference(None, field_type=str),
         num_processes=ml_collections.FieldReference(None, field_type=int),

@@ -46,9 +46,15 @@ class CorruptCheckpointError(ValueError):
 
 def tree_checksums(tree) -> dict:
     """{path: sha256 of the array's dtype, shape and bytes} for every array leaf of a pytree (a flat
-    parameter dict, an optimizer state), computed on the host."""
+    parameter dict, an optimizer state), computed on the host from the whole array, so that it
+    does not depend on how the array is sharded. An array spread over several processes is
+    gathered one at a time (every process must call this, in the same order)."""
+    from jax.experimental import multihost_utils
+
     sums = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
         digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
         digest.update(a.reshape(-1).view(np.uint8) if a.size else b"")
@@ -122,14 +128,16 @@ def flat_params(model) -> dict:
 
 
 def materialise_params(config: ModelConfig, params: dict, param_dtype: str = "float32", where: str = "checkpoint",
-                       codec: Optional[ParamCodec] = None) -> dict:
+                       codec: Optional[ParamCodec] = None, shardings: Optional[dict] = None) -> dict:
     """The flat parameters of a model of `config` as `param_dtype` arrays on the default device.
 
     `params` maps each name to an array or to a function of no arguments that reads one (a
     converted checkpoint's `tensor_reader`s). They are taken out of `params` one at a time: read,
     checked (shape, all values finite), cast and put on the device before the next is read, so
     loading a checkpoint holds one copy of its weights in `param_dtype` plus one tensor in flight,
-    never the whole file and a converted copy of it. Raises ValueError naming the parameter."""
+    never the whole file and a converted copy of it. `shardings` ({name: jax.sharding.Sharding}):
+    each array goes straight into its shards on the devices (default: the default device).
+    Raises ValueError naming the parameter."""
     codec = codec or ParamCodec(abstract_model(config))
     missing, unexpected = sorted(set(codec.names) - set(params)), sorted(set(params) - set(codec.names))
     if missing or unexpected:
@@ -142,7 +150,10 @@ def materialise_params(config: ModelConfig, params: dict, param_dtype: str = "fl
             raise ValueError(f"{where}: parameter {name}: shape {value.shape}, expected {codec.shapes[name]}")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{where}: parameter {name} holds non-finite values")
-        out[name] = jnp.asarray(value, param_dtype)
+        if shardings is None:
+            out[name] = jnp.asarray(value, param_dtype)
+        else:
+            out[name] = jax.device_put(np.asarray(value, param_dtype), shardings[name])
         del value
     return out
 

@@ -11,8 +11,9 @@ from microrwkv_jax.checkpoints import (ParamCodec, is_model_dir, materialise_par
                                       restore_run_params)
 from microrwkv_jax.convert import read_hf_model_dir, read_torch_file
 from microrwkv_jax.data.tokenizers import get_tokenizer
-from microrwkv_jax.families import abstract_model, config_from_dict
+from microrwkv_jax.families import abstract_model, config_from_dict, get_family
 from microrwkv_jax.hf_checkpoint import is_hf_dir
+from microrwkv_jax.sharding import param_shardings
 
 
 # XLA's CPU scheduler by default starts every operation as early as its inputs allow, for
@@ -37,12 +38,14 @@ def load_params(path, param_dtype: str = "float32"):
 
     Tensor by tensor (`materialise_params`): host memory peaks at about one copy of the weights in
     `param_dtype`. Refuses parameters that are not all finite."""
-    flat, config, tokenizer_name = _read_params(pathlib.Path(path))
+    flat, config, tokenizer_name = read_params(path)
     return materialise_params(config, flat, param_dtype, where=str(path)), config, tokenizer_name
 
 
-def _read_params(path: pathlib.Path):
-    """(flat params as arrays or readers, ModelConfig, tokenizer name or None)."""
+def read_params(path):
+    """(flat params as arrays or readers, ModelConfig, tokenizer name or None) of any checkpoint
+    `load_params` reads: nothing is converted or put on a device yet (`materialise_params` does)."""
+    path = pathlib.Path(path)
     if path.is_file():
         config, flat, _, family = read_torch_file(path)
         return flat, config, family.torch_checkpoint.default_tokenizer
@@ -67,20 +70,25 @@ def load_model(path, dtype: str | None = None, param_dtype: str = "float32"):
     return model, config
 
 
-def load_model_and_tokenizer_name(path, dtype: str | None = None, param_dtype: str = "float32"):
-    """(model, config, the name of the tokenizer it was trained with) of any checkpoint."""
-    flat, config, tokenizer_name = _read_params(pathlib.Path(path))
+def load_model_and_tokenizer_name(path, dtype: str | None = None, param_dtype: str = "float32", mesh=None):
+    """(model, config, the name of the tokenizer it was trained with) of any checkpoint. With a
+    `mesh` (`microrwkv_jax.sharding.make_mesh`), each parameter is read straight into its shards
+    as its family's sharding says, as training places it; otherwise onto the default device."""
+    flat, config, tokenizer_name = read_params(path)
     if dtype is not None:
         config = config.replace(dtype=dtype)
     codec = ParamCodec(abstract_model(config))
-    return codec.model(materialise_params(config, flat, param_dtype, str(path), codec)), config, tokenizer_name
+    shardings = None if mesh is None else param_shardings(codec.shapes, get_family(config.arch).param_axes, mesh)
+    params = materialise_params(config, flat, param_dtype, str(path), codec, shardings)
+    return codec.model(params), config, tokenizer_name
 
 
 def load_model_and_tokenizer(path, dtype: str | None = None, tokenizer: str | None = None,
-                             param_dtype: str = "float32"):
+                             param_dtype: str = "float32", mesh=None):
     """(model, config, tokenizer) of any checkpoint `load_model` reads; `tokenizer` overrides the
-    one the checkpoint records (and is needed when it records none)."""
-    model, config, tokenizer_name = load_model_and_tokenizer_name(path, dtype, param_dtype)
+    one the checkpoint records (and is needed when it records none); `mesh`: see
+    `load_model_and_tokenizer_name`."""
+    model, config, tokenizer_name = load_model_and_tokenizer_name(path, dtype, param_dtype, mesh)
     tokenizer_name = tokenizer or tokenizer_name
     if tokenizer_name is None:
         raise ValueError(f"{path}: the checkpoint does not say its tokenizer; name it (e.g. the model's "

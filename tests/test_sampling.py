@@ -1,5 +1,6 @@
 """Decoding and sampling: prefill, generate, and the sample.py command line."""
 
+import os
 import subprocess
 import sys
 
@@ -216,3 +217,21 @@ def test_a_huge_max_new_tokens_does_not_allocate_for_the_worst_case():
     with pytest.raises(Enough):
         sampling.generate(model, prompt_tokens(8, 1, 5), 10 ** 9, temperature=1.0, on_tokens=stop_after_three_blocks)
     assert sizes == [decoding.MIN_CAPACITY]
+
+
+@pytest.mark.slow
+def test_cli_samples_the_same_text_with_its_parameters_split_over_eight_devices(model_dir):
+    """sample.py --fsdp 8 --tensor ... reads each parameter into its shards on 8 devices and
+    decodes the same greedy text as one device."""
+    run = lambda devices, *flags: subprocess.run(
+        [sys.executable, str(REPO / "sample.py"), "--ckpt", str(model_dir), "--prompt", "One day",
+         "--max_new_tokens", "24", "--temperature", "0", "--no_stop", *flags], cwd=REPO, capture_output=True,
+        text=True, timeout=300, env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+    one = run(1)
+    split = run(8, "--fsdp", "4", "--tensor", "2")
+    assert one.returncode == 0 and split.returncode == 0, split.stderr[-2000:]
+    assert split.stdout == one.stdout and len(one.stdout) > len("One day") + 10
+    assert "parameters split over 8 devices in a mesh of data=1 x fsdp=4 x tensor=2" in split.stderr
+    bad = run(8, "--fsdp", "3")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "sample.py: error: mesh data=-1, fsdp=3, tensor=1: 3 does not divide the 8 devices"

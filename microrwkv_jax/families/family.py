@@ -56,6 +56,9 @@ class Family:
     describe:       (config) -> a short phrase for logs, e.g. "causal ['time_mix', ...]"
     torch_checkpoint: how its PyTorch `.pth` checkpoints convert, or None
     hf_checkpoint:  how its Hugging Face model directories convert, or None
+    param_axes:     what each parameter's axes are, for sharding (`microrwkv_jax.sharding`):
+                    {glob of flat parameter names: one logical axis name per axis}, the first
+                    matching glob wins; every parameter of every preset must match one (a test checks)
     """
 
     arch: str
@@ -68,3 +71,4 @@ class Family:
     describe: Callable[[ModelConfig], str]
     torch_checkpoint: Optional[TorchCheckpointFormat] = None
     hf_checkpoint: Optional[HFCheckpointFormat] = None
+    param_axes: Mapping[str, tuple] = dataclasses.field(default_factory=dict)

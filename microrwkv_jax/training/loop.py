@@ -62,8 +62,9 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
     info = run.data.info
     n_params = sum(int(np.prod(s)) for s in run.codec.shapes.values())
     say(f"model: {get_family(run.model_config.arch).describe(run.model_config)} {n_params:,} parameters, "
-        f"dtype {run.model_config.dtype}; {jax.device_count()} device(s) ({jax.devices()[0].platform}), "
-        f"{jax.process_count()} process(es)")
+        f"dtype {run.model_config.dtype}; {jax.device_count()} device(s) ({jax.devices()[0].platform}) in a mesh of "
+        + " x ".join(f"{axis}={size}" for axis, size in run.steps.mesh.shape.items())
+        + f", {jax.process_count()} process(es)")
     say(f"data: {info['dataset']} / {info['tokenizer']}: {info['train_tokens']:,} train tokens, "
         f"{int(np.sum(run.val_targets >= 0)):,} scored val tokens in {run.val_inputs.shape[0]} windows")
     if run.floor is not None:

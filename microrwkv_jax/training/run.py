@@ -16,13 +16,15 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from microrwkv_jax.checkpoints import CorruptCheckpointError, ParamCodec, tree_checksums, unreadable, verify_checksums
+from microrwkv_jax import sharding
+from microrwkv_jax.checkpoints import (CorruptCheckpointError, ParamCodec, materialise_params, tree_checksums,
+                                      unreadable, verify_checksums)
 from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
 from microrwkv_jax.families import abstract_model, build_model, get_family, model_config_from, train_flops_per_token
 from microrwkv_jax.flops import device_peak_flops
-from microrwkv_jax.loading import load_params
+from microrwkv_jax.loading import read_params
 from microrwkv_jax.training.distributed import process_rows
 from microrwkv_jax.training.steps import ShardedSteps
 from microrwkv_jax.training.story_samples import NUM_SAMPLES, valid_story_rate
@@ -41,7 +43,7 @@ class Run:
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         init_params = None
         if cfg.init_from != "scratch":       # the checkpoint says what the model is; the config only its dtype
-            init_params, init_config, init_tokenizer = load_params(cfg.init_from, cfg.get("param_dtype") or "float32")
+            init_params, init_config, init_tokenizer = read_params(cfg.init_from)
             if init_tokenizer is not None and init_tokenizer != cfg.tokenizer:
                 raise TrainingError(f"init_from={cfg.init_from!r} was trained with tokenizer {init_tokenizer!r}, "
                                     f"not {cfg.tokenizer!r}")
@@ -71,21 +73,26 @@ class Run:
         scored = int(np.sum(self.val_targets >= 0))
         self.floor = pipeline.floor_for_documents(self.data.info, used, scored)
 
-        # Model, parameters, optimizer; everything replicated over a 1-D data-parallel mesh. From a
-        # checkpoint the model is never initialised: its parameters are the checkpoint's, loaded once.
-        if init_params is None:
-            model = build_model(self.model_config, seed=cfg.seed)
-            self.codec = ParamCodec(model)
-            init_params = self.codec.flat(model)
-            del model
-        else:
-            self.codec = ParamCodec(abstract_model(self.model_config))
-        if cfg.batch_size % jax.device_count():
-            raise TrainingError(f"batch_size={cfg.batch_size} is not divisible by the {jax.device_count()} devices")
-        if (cfg.batch_size // cfg.grad_accum_steps) % jax.device_count():
+        # Model, parameters, optimizer, placed on the mesh as the family's sharding says. From a
+        # checkpoint the model is never initialised: its parameters are the checkpoint's, read one
+        # at a time and put straight into their shards, so no device ever holds all of them.
+        self.codec = ParamCodec(abstract_model(self.model_config))
+        self.steps = ShardedSteps(self.codec, cfg, get_family(self.model_config.arch).param_axes)
+        shards = sharding.batch_shards(self.steps.mesh)
+        if cfg.batch_size % shards:
+            raise TrainingError(f"batch_size={cfg.batch_size} is not divisible by the {shards} batch shards "
+                                f"(mesh data x fsdp)")
+        if (cfg.batch_size // cfg.grad_accum_steps) % shards:
             raise TrainingError(f"batch_size / grad_accum_steps = {cfg.batch_size // cfg.grad_accum_steps} is not "
-                                f"divisible by the {jax.device_count()} devices")
-        self.steps = ShardedSteps(self.codec, cfg)
+                                f"divisible by the {shards} batch shards (mesh data x fsdp)")
+        if init_params is None:
+            # (initialised on the host CPU: a model too large for one accelerator still starts)
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                init_params = self.codec.flat(build_model(self.model_config, seed=cfg.seed))
+        else:
+            init_params = materialise_params(self.model_config, init_params, cfg.get("param_dtype") or "float32",
+                                             where=cfg.init_from, codec=self.codec,
+                                             shardings=self.steps.param_shardings)
         # An evaluation has no optimizer state (for a 7B model it would be twice the weights again).
         self.params, self.opt_state = self.steps.init(init_params, with_optimizer=not cfg.eval_only)
         del init_params
@@ -138,12 +145,15 @@ class Run:
         temperature 1 that its grammar accepts (`story_samples`); None for other datasets, with
         none to sample, and for a family with no recurrent sampler: the published architecture
         reruns its window for every token and compiles each new window length, minutes per
-        evaluation. Each process samples from its own copy of the (replicated) parameters."""
+        evaluation. Sampling runs on the parameters where they are (sharded or not); with several
+        processes each samples from its own gathered copy (the story models are small)."""
         if (self.cfg.dataset != "stories" or not self.story_samples
                 or not get_family(self.model_config.arch).recurrent):
             return None
-        local = {name: value.addressable_data(0) for name, value in self.params.items()}
-        rate, _ = valid_story_rate(self.codec.model(local), self.tokenizer, self.story_samples)
+        params = self.params
+        if jax.process_count() > 1:
+            params = {name: multihost_utils.process_allgather(value, tiled=True) for name, value in params.items()}
+        rate, _ = valid_story_rate(self.codec.model(params), self.tokenizer, self.story_samples)
         return rate
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -163,8 +173,8 @@ class Run:
     def restore(self, manager, step: int) -> None:
         """Restore the checkpoint of `step`; CorruptCheckpointError if it is unreadable or fails its checksums."""
         where = self.out_dir / "checkpoints" / str(step)
-        abstract = lambda tree: jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.steps.replicated), tree)
+        # Restored onto this run's shardings, whatever mesh saved it: orbax reads each device's shards.
+        abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
         items = {"params": ocp.args.StandardRestore(abstract(self.params)), "meta": ocp.args.JsonRestore()}
         if self.opt_state is not None:       # an evaluation restores the parameters only
             items["opt_state"] = ocp.args.StandardRestore(abstract(self.opt_state))

@@ -1,24 +1,30 @@
 """Pure step functions (loss, train step, eval step) and their jit-compiled, sharded form.
 
-Data parallelism: parameters and optimizer state are replicated, the global batch is sharded
-along the mesh axis "data", and XLA inserts the gradient all-reduce (jit + sharding, JAX's
-replacement for pmap). `ShardedSteps` is what the trainer and `bench.py train` both run.
+The steps are jitted with shardings over a device mesh (`microrwkv_jax.sharding`): the batch
+split over data x fsdp, parameters and optimizer state replicated, split by FSDP and/or by
+tensor parallelism; XLA inserts the collectives (jit + sharding, JAX's replacement for pmap).
+`ShardedSteps` is what the trainer and `bench.py train` both run.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from microrwkv_jax import sharding
 from microrwkv_jax.checkpoints import ParamCodec
 from microrwkv_jax.layers.output_head import tied_cross_entropy
 from microrwkv_jax.training.optimizer import make_optimizer
+
+
+def loss_budget(platform: str) -> int:
+    """The fused head loss's default logits alive at a time on `platform` (see `loss_chunk_len`)."""
+    return 2 ** 23 if platform == "cpu" else 2 ** 28
 
 
 def loss_chunk_len(local_rows: int, seq_len: int, vocab_size: int, budget: Optional[int] = None) -> int:
@@ -27,7 +33,7 @@ def loss_chunk_len(local_rows: int, seq_len: int, vocab_size: int, budget: Optio
     sequence cut into equal chunks so that padding the last one wastes less than one position
     per chunk (1024 positions in chunks of at most 333 -> 4 chunks of 256, not 4 of 333)."""
     if budget is None:
-        budget = 2 ** 23 if jax.default_backend() == "cpu" else 2 ** 28
+        budget = loss_budget(jax.default_backend())
     longest = max(1, budget // (local_rows * vocab_size))
     num_chunks = -(-seq_len // longest)
     return -(-seq_len // num_chunks)
@@ -91,32 +97,55 @@ def make_eval_step(codec: ParamCodec):
 
 
 class ShardedSteps:
-    """The train and eval steps of `cfg`, jit-compiled over a 1-D "data" mesh of all devices.
+    """The train and eval steps of `cfg`, jit-compiled over a ("data", "fsdp", "tensor") mesh
+    (`microrwkv_jax.sharding`): the batch split over data x fsdp, each parameter and its
+    optimizer state placed as its family's `param_axes` and the mesh say.
 
     train_step(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics), donating the
-    first two; eval_step(params, inputs, targets) -> (loss sum, scored tokens)."""
+    first two; eval_step(params, inputs, targets) -> (loss sum, scored tokens).
+    `mesh` defaults to the config's `mesh` section over all devices; a mesh of a TPU topology's
+    devices compiles for that TPU without one (`bench.py train --compile_only`)."""
 
-    def __init__(self, codec: ParamCodec, cfg):
-        self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    def __init__(self, codec: ParamCodec, cfg, param_axes: Mapping[str, tuple], mesh: Optional[Mesh] = None):
+        self.mesh = mesh if mesh is not None else sharding.make_mesh(cfg.get("mesh"))
+        self.shapes = codec.shapes
         self.replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.param_shardings = sharding.param_shardings(codec.shapes, param_axes, self.mesh)
         self.optimizer = make_optimizer(cfg, codec.linear_maps)
+        abstract_params = {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in codec.shapes.items()}
+        self.opt_shardings = sharding.state_shardings(jax.eval_shape(self.optimizer.init, abstract_params),
+                                                      self.param_shardings, self.mesh)
+        platform = self.mesh.devices.flat[0].platform
+        budget = cfg.get("loss_chunk_elements") or loss_budget(platform)
         step = make_train_step(codec, self.optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight,
-                               data_shards=jax.device_count(), loss_chunk_elements=cfg.get("loss_chunk_elements"))
-        self.train_step = jax.jit(step, in_shardings=(self.replicated, self.replicated, self.batch_sharding),
-                                  out_shardings=(self.replicated, self.replicated, self.replicated),
+                               data_shards=sharding.batch_shards(self.mesh), loss_chunk_elements=budget)
+        self.train_step = jax.jit(step, in_shardings=(self.param_shardings, self.opt_shardings, self.batch_sharding),
+                                  out_shardings=(self.param_shardings, self.opt_shardings, self.replicated),
                                   donate_argnums=(0, 1))
         self.eval_step = jax.jit(make_eval_step(codec),
-                                 in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding))
+                                 in_shardings=(self.param_shardings, self.batch_sharding, self.batch_sharding))
 
     def compile(self, params, opt_state, batch_shape) -> "jax.stages.Compiled":
-        """The train step compiled ahead of time for these arguments (what `train_step` runs)."""
+        """The train step compiled ahead of time for these arguments (arrays or ShapeDtypeStructs)."""
         batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=self.batch_sharding)
         return self.train_step.lower(params, opt_state, batch).compile()
 
-    def init(self, flat_params: dict, with_optimizer: bool = True):
-        """(params, opt_state) on the mesh, from flat parameters; opt_state is None without the optimizer."""
-        params = jax.device_put(flat_params, self.replicated)
+    def abstract(self, with_optimizer: bool = True, param_dtype=jnp.float32):
+        """(params, opt_state) as ShapeDtypeStructs with their shardings: what `compile` needs
+        without any memory, and what a checkpoint is restored onto."""
+        params = sharding.with_shardings(
+            {name: jax.ShapeDtypeStruct(shape, param_dtype) for name, shape in self.shapes.items()},
+            self.param_shardings)
         if not with_optimizer:
             return params, None
-        return params, jax.jit(self.optimizer.init, out_shardings=self.replicated)(params)
+        return params, sharding.with_shardings(jax.eval_shape(self.optimizer.init, params), self.opt_shardings)
+
+    def init(self, flat_params: dict, with_optimizer: bool = True):
+        """(params, opt_state) on the mesh, from flat parameters (host or device arrays); opt_state
+        is None without the optimizer. Each array is placed as its sharding says: no device holds
+        more than its shards."""
+        params = {name: jax.device_put(value, self.param_shardings[name]) for name, value in flat_params.items()}
+        if not with_optimizer:
+            return params, None
+        return params, jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)

@@ -14,9 +14,10 @@ from microrwkv_jax.config import DTYPES
 from microrwkv_jax.data.prepare import check_source_config
 from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokenizer_vocab_size
 from microrwkv_jax.families import model_config_from
+from microrwkv_jax.sharding import MESH_AXES
 
 # Every key a run reads unconditionally (`compilation_cache`, `distributed`, `keep_checkpoints`,
-# `loss_chunk_elements`, `max_train_minutes`, `param_dtype`, `peak_flops` and
+# `loss_chunk_elements`, `max_train_minutes`, `mesh`, `param_dtype`, `peak_flops` and
 # `valid_story_samples` are optional).
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
                  "eval_every", "eval_batches", "log_every", "checkpoint_every", "learning_rate", "min_learning_rate",
@@ -45,6 +46,11 @@ def validate_config(cfg) -> None:
     for key in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip"):
         if cfg[key] < 0 or not math.isfinite(cfg[key]):
             raise ValueError(f"{key}={cfg[key]!r}: must be a finite number >= 0")
+    for axis, size in (cfg.get("mesh") or {}).items():
+        if axis not in MESH_AXES:
+            raise ValueError(f"mesh.{axis}: unknown mesh axis; expected {', '.join(MESH_AXES)}")
+        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
+            raise ValueError(f"mesh.{axis}={size!r}: must be a positive integer or -1 (the rest of the devices)")
     samples = cfg.get("valid_story_samples", 0)
     if not isinstance(samples, int) or samples < 0:
         raise ValueError(f"valid_story_samples={samples!r}: must be an integer >= 0")

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,15 +100,34 @@ def test_tinystories_config_on_local_text_files(tmp_path, gpt2_bpe):
 
 # --- parallelism ------------------------------------------------------------------------------
 
-def test_four_devices_give_the_same_losses_as_one(tmp_path):
+def devices(n):
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def test_a_run_moves_between_meshes_and_device_counts_with_the_same_numbers(tmp_path):
+    """Trained with fsdp=8 on 8 devices: the losses of one device. Its step-2 checkpoint, resumed
+    with data=2 x tensor=2 on 4 devices (orbax restores onto the new shardings): the same steps 3
+    and 4. Evaluated (eval_only) with fsdp=2 on 2 devices: the loss its last evaluation logged."""
+    flags = ["--config.model.family=hybrid", "--config.eval_every=2", "--config.model.n_head=4",
+             "--config.model.n_kv_head=2", "--config.batch_size=8"]
     one = tmp_path / "one"
-    four = tmp_path / "four"
-    flags = ["--config.model.family=rwkv", "--config.eval_every=4"]
-    train_cli(one, *flags, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-    done = train_cli(four, *flags, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-    assert "4 device(s)" in done.stderr
-    a, b = metrics(one)[0], metrics(four)[0]
-    np.testing.assert_allclose([m["loss"] for m in b], [m["loss"] for m in a], rtol=1e-5)
+    train_cli(one, *flags, env=devices(1))
+    moved = tmp_path / "moved"
+    done = train_cli(moved, *flags, "--config.mesh.fsdp=8", env=devices(8))
+    assert "8 device(s) (cpu) in a mesh of data=1 x fsdp=8 x tensor=1" in done.stderr
+    reference = [m["loss"] for m in metrics(one)[0]]
+    np.testing.assert_allclose([m["loss"] for m in metrics(moved)[0]], reference, rtol=1e-5)
+    shutil.rmtree(moved / "checkpoints" / "4")          # back to step 2, then on another mesh
+    done = train_cli(moved, *flags, "--config.mesh.data=2", "--config.mesh.tensor=2", env=devices(4))
+    assert "in a mesh of data=2 x fsdp=1 x tensor=2" in done.stderr and "at step 2" in done.stderr
+    resumed = metrics(moved)[0][-2:]
+    assert [m["step"] for m in resumed] == [3, 4]
+    np.testing.assert_allclose([m["loss"] for m in resumed], reference[2:], rtol=1e-5)
+    last_val = metrics(moved)[1][-1]["val_loss"]
+    train_cli(moved, *flags, "--config.eval_only=True", "--config.mesh.fsdp=2", env=devices(2))
+    (scored,) = events(moved, "eval_only")
+    assert scored["step"] == 4
+    np.testing.assert_allclose(scored["val_loss"], last_val, rtol=1e-5)
 
 
 def _free_port():

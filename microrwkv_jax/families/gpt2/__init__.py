@@ -7,6 +7,22 @@ from microrwkv_jax.families.gpt2 import hf_names
 from microrwkv_jax.families.gpt2.flops import forward_flops_per_token
 from microrwkv_jax.families.gpt2.model import GPT2, check_config
 
+# Logical axes of every parameter, for sharding (microrwkv_jax.sharding): Megatron's split of
+# attention heads and MLP hidden units over the tensor axis, the rest by FSDP.
+PARAM_AXES = {
+    "wte/embedding": ("vocab", "embed"),
+    "wpe/embedding": ("positions", "embed"),
+    "*ln_*/*": ("embed",),                                      # ln_1, ln_2, ln_f: scale and bias
+    "blocks/*/attn/qkv/kernel": ("embed", "heads"),
+    "blocks/*/attn/qkv/bias": ("heads",),
+    "blocks/*/attn/proj/kernel": ("heads", "embed"),
+    "blocks/*/attn/proj/bias": ("embed",),
+    "blocks/*/mlp/fc/kernel": ("embed", "mlp"),
+    "blocks/*/mlp/fc/bias": ("mlp",),
+    "blocks/*/mlp/proj/kernel": ("mlp", "embed"),
+    "blocks/*/mlp/proj/bias": ("embed",),
+}
+
 _SIZES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20), "gpt2-xl": (48, 1600, 25)}
 PRESETS = {name: dict(n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads, block_size=1024, vocab_size=50257,
                       mlp_ratio=4, bias=True) for name, (layers, width, heads) in _SIZES.items()}
@@ -32,4 +48,5 @@ FAMILY = Family(
     describe=lambda config: "GPT-2",
     hf_checkpoint=HFCheckpointFormat(model_type="gpt2", read=hf_names.read_checkpoint,
                                      parameter_map=hf_names.parameter_map),
+    param_axes=PARAM_AXES,
 )

@@ -11,6 +11,32 @@ from microrwkv_jax.families.published.flops import forward_flops_per_token
 from microrwkv_jax.families.published.model import PublishedModel, check_config
 from microrwkv_jax.families.published.sampling import generate_by_reforward
 
+# Logical axes of every parameter, for sharding (microrwkv_jax.sharding); as the causal family's.
+PARAM_AXES = {
+    "wte/embedding": ("vocab", "embed"),
+    "wpe/embedding": ("positions", "embed"),
+    "ln_f/scale": ("embed",),
+    "blocks/*/tmix/output/kernel": ("heads", "embed"),
+    "blocks/*/tmix/*/kernel": ("embed", "heads"),               # receptance, key, value, gate
+    "blocks/*/tmix/ln_x/*": ("heads",),
+    "blocks/*/tmix/time_decay": ("heads",),
+    "blocks/*/tmix/time_faaaa": ("heads",),
+    "blocks/*/time_maa_*": ("embed",),
+    "blocks/*/cmix/key/kernel": ("embed", "mlp"),
+    "blocks/*/cmix/value/kernel": ("mlp", "embed"),
+    "blocks/*/cmix/receptance/kernel": ("embed", "embed"),
+    "blocks/*/sliding_attn/qkv/kernel": ("embed", "heads"),
+    "blocks/*/sliding_attn/proj/kernel": ("heads", "embed"),
+    "blocks/*/grouped_attn/qkvw/kernel": ("embed", "heads"),
+    "blocks/*/grouped_attn/out/kernel": ("heads", "embed"),
+    "blocks/*/moe/gate/kernel": ("embed", "experts"),
+    "blocks/*/moe/gate/bias": ("experts",),
+    "blocks/*/moe/experts_kernel": ("experts", "embed", "mlp"),
+    "blocks/*/moe/experts_bias": ("experts", "mlp"),
+    "blocks/*/moe/fc/kernel": ("mlp", "embed"),
+    "blocks/*/moe/fc/bias": ("embed",),
+}
+
 FAMILY = Family(
     arch="published",
     presets={"published": {}},
@@ -23,4 +49,5 @@ FAMILY = Family(
                              f"experts of width {config.expert_dim})"),
     torch_checkpoint=TorchCheckpointFormat(recognizes=torch_names.recognizes, read=torch_names.read_checkpoint,
                                            parameter_map=torch_names.published_parameter_map),
+    param_axes=PARAM_AXES,
 )

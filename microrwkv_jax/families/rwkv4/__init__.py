@@ -8,6 +8,23 @@ from microrwkv_jax.families.rwkv4 import checkpoint_names
 from microrwkv_jax.families.rwkv4.flops import forward_flops_per_token
 from microrwkv_jax.families.rwkv4.model import RWKV4, check_config
 
+# Logical axes of every parameter, for sharding (microrwkv_jax.sharding). RWKV-4's time mixing
+# is per channel (one "head" of C channels), so its channels split over the tensor axis.
+PARAM_AXES = {
+    "emb/embedding": ("vocab", "embed"),
+    "head": ("vocab", "embed"),
+    "ln*/*": ("embed",),                                        # ln0, ln_out
+    "blocks/*/ln*/*": ("embed",),
+    "blocks/*/att/output/kernel": ("heads", "embed"),
+    "blocks/*/att/*/kernel": ("embed", "heads"),                # key, value, receptance
+    "blocks/*/att/time_decay": ("heads",),
+    "blocks/*/att/time_first": ("heads",),
+    "blocks/*/time_mix_*": ("embed",),
+    "blocks/*/ffn/key/kernel": ("embed", "mlp"),
+    "blocks/*/ffn/value/kernel": ("mlp", "embed"),
+    "blocks/*/ffn/receptance/kernel": ("embed", "embed"),
+}
+
 # The Pile models use GPT-NeoX-20B's BPE (20B_tokenizer.json): a HF directory's tokenizer.json is
 # found beside it; for a BlinkDL .pth the user names it (sample.py --tokenizer, config.tokenizer).
 TOKENIZER = None
@@ -28,6 +45,7 @@ FAMILY = Family(
     torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes_blinkdl,
                                            read=checkpoint_names.read_blinkdl_checkpoint,
                                            parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
+    param_axes=PARAM_AXES,
     hf_checkpoint=HFCheckpointFormat(model_type="rwkv", read=checkpoint_names.read_hf_checkpoint,
                                      parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
 )
