@@ -47,13 +47,13 @@ class CorruptCheckpointError(ValueError):
 def tree_checksums(tree) -> dict:
     """{path: sha256 of the array's dtype, shape and bytes} for every array leaf of a pytree (a flat
     parameter dict, an optimizer state), computed on the host from the whole array, so that it
-    does not depend on how the array is sharded. An array spread over several processes is
+    does not depend on how the array is sharded. An array split across several processes is
     gathered one at a time (every process must call this, in the same order)."""
     from jax.experimental import multihost_utils
 
     sums = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated:
             leaf = multihost_utils.process_allgather(leaf, tiled=True)
         a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
         digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())

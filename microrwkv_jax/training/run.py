@@ -86,8 +86,9 @@ class Run:
             raise TrainingError(f"batch_size / grad_accum_steps = {cfg.batch_size // cfg.grad_accum_steps} is not "
                                 f"divisible by the {shards} batch shards (mesh data x fsdp)")
         if init_params is None:
-            # (initialised on the host CPU: a model too large for one accelerator still starts)
-            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            # (initialised in host memory where JAX has its CPU backend: a model too large for one
+            # accelerator still starts; then each array goes to its shards)
+            with jax.default_device(host_device()):
                 init_params = self.codec.flat(build_model(self.model_config, seed=cfg.seed))
         else:
             init_params = materialise_params(self.model_config, init_params, cfg.get("param_dtype") or "float32",
@@ -236,6 +237,14 @@ class Run:
                 multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
                 manager.reload()
                 say(f"warning: {err}; moved it to {aside.name} and trying the previous checkpoint")
+        return None
+
+
+def host_device():
+    """This process's CPU device, or None (the default device) where JAX runs without a CPU backend."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
         return None
 
 

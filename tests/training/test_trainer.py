@@ -137,7 +137,10 @@ def _free_port():
 
 
 def test_two_processes_give_the_same_loss_curve_as_one(tmp_path):
-    flags = ["--config.model.family=rwkv", "--config.eval_every=4"]
+    """Two processes with one device each, every parameter and optimizer state split between them
+    (fsdp=2): the losses, the sampled stories' rate and the checkpoint (saved by both, checksummed
+    whole) of one process."""
+    flags = ["--config.model.family=rwkv", "--config.eval_every=4", "--config.valid_story_samples=2"]
     single = tmp_path / "single"
     train_cli(single, *flags)
     multi = tmp_path / "multi"
@@ -147,15 +150,22 @@ def test_two_processes_give_the_same_loss_curve_as_one(tmp_path):
         args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs/tiny.py'}",
                 f"--config.out_dir={multi}", f"--config.data.cache_dir={tmp_path / 'data_cache'}", *TINY, *flags,
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
+                "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+                "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
         procs.append(subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "JAX_PLATFORMS": "cpu"}))
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    assert "2 process(es)" in outs[0][1]
+    assert "in a mesh of data=1 x fsdp=2 x tensor=1, 2 process(es)" in outs[0][1]
     a, b = metrics(single)[0], metrics(multi)[0]
     np.testing.assert_allclose([m["loss"] for m in b], [m["loss"] for m in a], rtol=1e-5)
+    assert [m["valid_story_rate"] for m in metrics(multi)[1]] == [m["valid_story_rate"] for m in metrics(single)[1]]
+    params_single, _ = final_params(single)
+    params_multi, meta = final_params(multi)          # (its checksums verified on reading)
+    assert meta["step"] == 4 and "checksums" in meta
+    for name, value in params_single.items():
+        np.testing.assert_allclose(params_multi[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 # --- checkpoints ------------------------------------------------------------------------------
