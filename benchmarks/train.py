@@ -34,8 +34,8 @@ def tpu_topology_devices(name: str) -> list:
         return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
     except Exception as err:      # no libtpu, or a name it does not know
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise SystemExit(f"bench.py train: --topology {name}: cannot describe this TPU topology ({reason}); it needs libtpu, "
-                             "the tpu-compile extra (pip install -e '.[tpu-compile]')") from None
+        raise SystemExit(f"bench.py train: --topology {name}: cannot describe this TPU topology ({reason}); it "
+                         "needs libtpu, the tpu-compile extra (pip install -e '.[tpu-compile]')") from None
 
 
 def run() -> None:

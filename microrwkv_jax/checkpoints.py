@@ -31,6 +31,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import abstract_model, config_from_dict
+from microrwkv_jax.sharding import host_device
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -226,6 +227,28 @@ def read_model_dir_meta(path) -> dict:
     return json.loads((pathlib.Path(path) / CONFIG_FILE).read_text())
 
 
+def stored_array_metadata(item_dir) -> dict:
+    """{name: metadata with .shape and .dtype} of the arrays of an orbax checkpoint item (a
+    `params/` directory), read from its metadata alone: no array is read."""
+    from absl import logging as absl_logging
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)     # (orbax warns that a run's item has no step metadata)
+    try:
+        metadata = ocp.StandardCheckpointer().metadata(item_dir)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    return dict(getattr(metadata, "item_metadata", metadata))
+
+
+def host_restore_target(item_dir) -> dict:
+    """The arrays of an orbax checkpoint item as abstract arrays in this process's host memory:
+    what to restore a checkpoint onto whatever mesh or device count saved it (without a target,
+    orbax insists on the saving topology)."""
+    device = host_device() or jax.devices()[0]
+    return {name: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=jax.sharding.SingleDeviceSharding(device))
+            for name, m in stored_array_metadata(item_dir).items()}
+
+
 def restore_model_dir_params(path):
     """Returns (flat params, config, meta) from a directory written by `save_model_dir`, its
     parameters checked against their checksums (directories written before checksums: unchecked)."""
@@ -236,8 +259,9 @@ def restore_model_dir_params(path):
         raise CorruptCheckpointError(f"{path / CONFIG_FILE}: unreadable ({first_line(err)})") from None
     config = config_from_dict(meta["model"])
     try:
+        target = host_restore_target(path / PARAMS_DIR)
         with ocp.StandardCheckpointer() as checkpointer:
-            flat = checkpointer.restore(path / PARAMS_DIR)
+            flat = checkpointer.restore(path / PARAMS_DIR, target)
     except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
         raise unreadable(path / PARAMS_DIR, err) from None
     if "checksums" in meta:
@@ -285,11 +309,16 @@ def _restore_run_items(run_dir, step: Optional[int], **items):
 
 
 def restore_run_params(run_dir, step: Optional[int] = None):
-    """(flat params as numpy, meta) of a training run's checkpoint (the latest by default), checked
-    against the checksums stored with it."""
-    where = pathlib.Path(run_dir) / "checkpoints" / str(step if step is not None else latest_run_checkpoint(run_dir))
+    """(flat params in host memory, meta) of a training run's checkpoint (the latest by default),
+    whatever mesh saved it, checked against the checksums stored with it."""
+    step = latest_run_checkpoint(run_dir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint in {pathlib.Path(run_dir) / 'checkpoints'}")
+    where = pathlib.Path(run_dir) / "checkpoints" / str(step)
     try:
-        restored = _restore_run_items(run_dir, step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        target = host_restore_target(where / "params")
+        restored = _restore_run_items(run_dir, step, params=ocp.args.StandardRestore(target),
+                                      meta=ocp.args.JsonRestore())
     except FileNotFoundError:
         raise
     except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files

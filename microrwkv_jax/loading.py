@@ -32,19 +32,11 @@ def use_lean_cpu_scheduler() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {LEAN_CPU_SCHEDULER}".strip()
 
 
-def load_params(path, param_dtype: str = "float32"):
-    """(flat params as `param_dtype` arrays on the default device, ModelConfig, tokenizer name or None
-    if the checkpoint does not say) of a `.pth` file, a model dir, a Hugging Face dir or a run dir.
-
-    Tensor by tensor (`materialise_params`): host memory peaks at about one copy of the weights in
-    `param_dtype`. Refuses parameters that are not all finite."""
-    flat, config, tokenizer_name = read_params(path)
-    return materialise_params(config, flat, param_dtype, where=str(path)), config, tokenizer_name
-
-
 def read_params(path):
-    """(flat params as arrays or readers, ModelConfig, tokenizer name or None) of any checkpoint
-    `load_params` reads: nothing is converted or put on a device yet (`materialise_params` does)."""
+    """(flat params as arrays or readers, ModelConfig, tokenizer name or None if the checkpoint
+    does not say) of a `.pth` file, a model dir, a Hugging Face dir or a run dir. Nothing is
+    converted or put on a device yet: `materialise_params` then does it tensor by tensor (host
+    memory peaks at about one copy of the weights), refusing parameters that are not all finite."""
     path = pathlib.Path(path)
     if path.is_file():
         config, flat, _, family = read_torch_file(path)
@@ -63,7 +55,7 @@ def read_params(path):
 
 
 def load_model(path, dtype: str | None = None, param_dtype: str = "float32"):
-    """Load a model from any checkpoint `load_params` reads. Returns (model, config); `dtype`
+    """Load a model from any checkpoint `read_params` reads. Returns (model, config); `dtype`
     overrides the compute dtype; `param_dtype` is the parameters' (bfloat16 halves the memory of
     a bf16 checkpoint evaluated or sampled, at no loss: its values are bf16 already)."""
     model, config, _ = load_model_and_tokenizer_name(path, dtype, param_dtype)

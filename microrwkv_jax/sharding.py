@@ -59,10 +59,10 @@ def mesh_shape(mesh_cfg: Mapping, device_count: int) -> tuple:
     known = int(np.prod([size for size in sizes if size != -1]))
     if -1 in sizes:
         if device_count % known:
-            raise MeshError(f"mesh {spec}: {known} does not divide the {device_count} devices")
+            raise MeshError(f"mesh {spec}: {known} does not divide the device count, {device_count}")
         sizes[sizes.index(-1)] = device_count // known
     if int(np.prod(sizes)) != device_count:
-        raise MeshError(f"mesh {spec}: {int(np.prod(sizes))} devices, but there are {device_count}")
+        raise MeshError(f"mesh {spec}: {int(np.prod(sizes))} devices, but the device count is {device_count}")
     return tuple(sizes)
 
 
@@ -72,6 +72,15 @@ def make_mesh(mesh_cfg: Optional[Mapping] = None, devices: Optional[Sequence] = 
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_cfg or {}, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def host_device():
+    """This process's CPU device (host memory), or None (the default device) where JAX runs
+    without a CPU backend."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return None
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -234,4 +234,5 @@ def test_cli_samples_the_same_text_with_its_parameters_split_over_eight_devices(
     assert "parameters split over 8 devices in a mesh of data=1 x fsdp=4 x tensor=2" in split.stderr
     bad = run(8, "--fsdp", "3")
     assert bad.returncode == 1
-    assert bad.stderr.strip() == "sample.py: error: mesh data=-1, fsdp=3, tensor=1: 3 does not divide the 8 devices"
+    assert bad.stderr.strip() == ("sample.py: error: mesh data=-1, fsdp=3, tensor=1: 3 does not divide the device "
+                                  "count, 8")

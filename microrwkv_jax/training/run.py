@@ -13,12 +13,11 @@ from typing import Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from microrwkv_jax import sharding
-from microrwkv_jax.checkpoints import (CorruptCheckpointError, ParamCodec, materialise_params, tree_checksums,
-                                      unreadable, verify_checksums)
+from microrwkv_jax.checkpoints import (CorruptCheckpointError, ParamCodec, materialise_params, stored_array_metadata,
+                                      tree_checksums, unreadable, verify_checksums)
 from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import get_tokenizer
@@ -40,6 +39,14 @@ class Run:
     def __init__(self, cfg, progress: bool = True):
         self.cfg, self.progress = cfg, progress and jax.process_index() == 0
         self.out_dir = pathlib.Path(cfg.out_dir)
+        self.mesh = sharding.make_mesh(cfg.get("mesh"))      # (a mesh the devices cannot form fails first)
+        shards = sharding.batch_shards(self.mesh)
+        if cfg.batch_size % shards:
+            raise TrainingError(f"batch_size={cfg.batch_size} is not divisible by the {shards} batch shards "
+                                f"(mesh data x fsdp)")
+        if (cfg.batch_size // cfg.grad_accum_steps) % shards:
+            raise TrainingError(f"batch_size / grad_accum_steps = {cfg.batch_size // cfg.grad_accum_steps} is not "
+                                f"divisible by the {shards} batch shards (mesh data x fsdp)")
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         init_params = None
         if cfg.init_from != "scratch":       # the checkpoint says what the model is; the config only its dtype
@@ -77,18 +84,11 @@ class Run:
         # checkpoint the model is never initialised: its parameters are the checkpoint's, read one
         # at a time and put straight into their shards, so no device ever holds all of them.
         self.codec = ParamCodec(abstract_model(self.model_config))
-        self.steps = ShardedSteps(self.codec, cfg, get_family(self.model_config.arch).param_axes)
-        shards = sharding.batch_shards(self.steps.mesh)
-        if cfg.batch_size % shards:
-            raise TrainingError(f"batch_size={cfg.batch_size} is not divisible by the {shards} batch shards "
-                                f"(mesh data x fsdp)")
-        if (cfg.batch_size // cfg.grad_accum_steps) % shards:
-            raise TrainingError(f"batch_size / grad_accum_steps = {cfg.batch_size // cfg.grad_accum_steps} is not "
-                                f"divisible by the {shards} batch shards (mesh data x fsdp)")
+        self.steps = ShardedSteps(self.codec, cfg, get_family(self.model_config.arch).param_axes, self.mesh)
         if init_params is None:
             # (initialised in host memory where JAX has its CPU backend: a model too large for one
             # accelerator still starts; then each array goes to its shards)
-            with jax.default_device(host_device()):
+            with jax.default_device(sharding.host_device()):
                 init_params = self.codec.flat(build_model(self.model_config, seed=cfg.seed))
         else:
             init_params = materialise_params(self.model_config, init_params, cfg.get("param_dtype") or "float32",
@@ -175,7 +175,8 @@ class Run:
         """Restore the checkpoint of `step`; CorruptCheckpointError if it is unreadable or fails its checksums."""
         where = self.out_dir / "checkpoints" / str(step)
         # Restored onto this run's shardings, whatever mesh saved it: orbax reads each device's shards.
-        abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+        abstract = lambda tree: jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
         items = {"params": ocp.args.StandardRestore(abstract(self.params)), "meta": ocp.args.JsonRestore()}
         if self.opt_state is not None:       # an evaluation restores the parameters only
             items["opt_state"] = ocp.args.StandardRestore(abstract(self.opt_state))
@@ -201,16 +202,10 @@ class Run:
         array is read) do not have this model's shapes: another model, or a layout an older
         version wrote. Such a checkpoint is not corrupt and must not be moved aside. Returns when
         they match or the metadata cannot be read (the restore then says what is wrong)."""
-        verbosity = absl_logging.get_verbosity()
-        absl_logging.set_verbosity(absl_logging.ERROR)     # (orbax warns that a run's item has no step metadata)
         try:
-            metadata = ocp.StandardCheckpointer().metadata(params_dir)
-            stored = getattr(metadata, "item_metadata", metadata)
-            shapes = {name: tuple(value.shape) for name, value in stored.items()}
+            shapes = {name: tuple(value.shape) for name, value in stored_array_metadata(params_dir).items()}
         except Exception:     # unreadable: the restore reports it as corrupt
             return
-        finally:
-            absl_logging.set_verbosity(verbosity)
         where = pathlib.Path(params_dir).parent
         for name, value in self.params.items():
             if shapes.get(name, tuple(value.shape)) != tuple(value.shape):
@@ -237,14 +232,6 @@ class Run:
                 multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
                 manager.reload()
                 say(f"warning: {err}; moved it to {aside.name} and trying the previous checkpoint")
-        return None
-
-
-def host_device():
-    """This process's CPU device, or None (the default device) where JAX runs without a CPU backend."""
-    try:
-        return jax.local_devices(backend="cpu")[0]
-    except RuntimeError:
         return None
 
 

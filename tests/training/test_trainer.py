@@ -107,7 +107,8 @@ def devices(n):
 def test_a_run_moves_between_meshes_and_device_counts_with_the_same_numbers(tmp_path):
     """Trained with fsdp=8 on 8 devices: the losses of one device. Its step-2 checkpoint, resumed
     with data=2 x tensor=2 on 4 devices (orbax restores onto the new shardings): the same steps 3
-    and 4. Evaluated (eval_only) with fsdp=2 on 2 devices: the loss its last evaluation logged."""
+    and 4. Evaluated (eval_only) with fsdp=2 on 2 devices: the loss its last evaluation logged.
+    Read on one device: the parameters of the one-device run."""
     flags = ["--config.model.family=hybrid", "--config.eval_every=2", "--config.model.n_head=4",
              "--config.model.n_kv_head=2", "--config.batch_size=8"]
     one = tmp_path / "one"
@@ -128,6 +129,12 @@ def test_a_run_moves_between_meshes_and_device_counts_with_the_same_numbers(tmp_
     (scored,) = events(moved, "eval_only")
     assert scored["step"] == 4
     np.testing.assert_allclose(scored["val_loss"], last_val, rtol=1e-5)
+    # Read back here, on one device (load_model, sample.py): the parameters of the one-device run.
+    a, _ = final_params(one)
+    b, meta = final_params(moved)
+    assert meta["config"]["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def _free_port():
@@ -283,6 +290,8 @@ def test_eval_only_reports_validation_loss(tmp_path):
     (["--config.loss_chunk_elements=-5"], "loss_chunk_elements=-5: must be a positive integer"),
     (["--config.valid_story_samples=-1"], "valid_story_samples=-1: must be an integer >= 0"),
     (["--config.init_from=/nonexistent/ckpt"], "init_from='/nonexistent/ckpt': no such checkpoint"),
+    (["--config.mesh.fsdp=0"], "mesh.fsdp=0: must be a positive integer or -1 (the rest of the devices)"),
+    (["--config.mesh.fsdp=3"], "mesh data=-1, fsdp=3, tensor=1: 3 does not divide the device count, 1"),
 ])
 def test_bad_config_fails_before_work_with_one_line(tmp_path, flags, message):
     out = tmp_path / "run"
