@@ -34,7 +34,8 @@ def test_wkv_and_train_subcommands():
     (row,) = bench("train", "--config", str(REPO / "configs/tiny.py"), "--config.model.n_layer=1",
                    "--config.model.n_embd=32", "--config.model.block_size=32", "--config.batch_size=2",
                    "--dtype", "bfloat16", "--compile_only")
-    assert row["dtype"] == "bfloat16" and row["compiled_temp_mb"] > 0 and "step_ms" not in row
+    assert row["dtype"] == "bfloat16" and row["temp_gib"] > 0 and "step_ms" not in row
+    assert row["target"] == "cpu" and row["device_memory_gib"] is None and row["flops_per_device"] > 0
 
 
 def test_generate_writes_json_and_png(tmp_path):
