@@ -146,13 +146,12 @@ def state_shardings(abstract_state, params: Mapping[str, NamedSharding], mesh: M
 
 
 def _fits(shape, spec: P, mesh: Mesh) -> bool:
-    return all(axis is None or shape[i] % mesh.shape[axis] == 0
-                                           for i, axis in enumerate(spec))
+    return all(axis is None or shape[i] % mesh.shape[axis] == 0 for i, axis in enumerate(spec))
 
 
 def with_shardings(abstract_tree, shardings):
-    """ShapeDtypeStructs of `abstract_tree` carrying `shardings` (what orbax restores onto and
-    what an ahead-of-time compilation lowers with)."""
+    """ShapeDtypeStructs of `abstract_tree` carrying `shardings`: what an ahead-of-time
+    compilation lowers with, no memory needed."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
 
 

@@ -131,11 +131,11 @@ class ShardedSteps:
         batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=self.batch_sharding)
         return self.train_step.lower(params, opt_state, batch).compile()
 
-    def abstract(self, with_optimizer: bool = True, param_dtype=jnp.float32):
-        """(params, opt_state) as ShapeDtypeStructs with their shardings: what `compile` needs
-        without any memory, and what a checkpoint is restored onto."""
+    def abstract(self, with_optimizer: bool = True):
+        """(params, opt_state) as ShapeDtypeStructs with their shardings: what `compile` needs,
+        without any memory (`bench.py train --compile_only`)."""
         params = sharding.with_shardings(
-            {name: jax.ShapeDtypeStruct(shape, param_dtype) for name, shape in self.shapes.items()},
+            {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in self.shapes.items()},
             self.param_shardings)
         if not with_optimizer:
             return params, None

@@ -91,10 +91,10 @@ def test_optimizer_state_is_sharded_as_its_parameters():
     import ml_collections
     from microrwkv_jax.families import model_config
     from microrwkv_jax.training.optimizer import make_optimizer
-    mesh = jax.make_mesh((1, 1, 1), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    mesh = abstract_mesh(1, 4, 2)
     codec = ParamCodec(abstract_model(model_config("rwkv", vocab_size=97, block_size=32, n_layer=1, n_embd=64,
                                                    n_head=4)))
-    shardings = param_shardings(codec.shapes, {}, mesh)
+    shardings = param_shardings(codec.shapes, get_family("causal").param_axes, mesh)
     cfg = ml_collections.ConfigDict(dict(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=0,
                                          num_train_steps=2, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0))
     optimizer = make_optimizer(cfg, codec.linear_maps)
@@ -105,6 +105,10 @@ def test_optimizer_state_is_sharded_as_its_parameters():
     assert len(by_param) == 2 * len(codec.shapes)          # mu and nu of every parameter
     assert all(s is shardings[next(k.key for k in path if getattr(k, "key", None) in shardings)]
                for path, s in by_param)
+    assert sum("tensor" in s.spec for _, s in by_param) >= 2 * 6           # (receptance, key, ... of one block)
+    others = [s for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if not any(getattr(k, "key", None) in shardings for k in path)]
+    assert others and all(s.spec == P() for s in others)     # step counts
 
 
 # --- 8 CPU devices --------------------------------------------------------------------------
