@@ -11,7 +11,8 @@ device count, and one of them may be -1: "the rest"):
              are split; XLA inserts the collectives the products need
 
 A family says what each parameter's axes mean by logical names (`Family.param_axes`: a glob of
-parameter names -> one name per axis, e.g. "*/mlp/fc/kernel": ("embed", "mlp")), and the one
+parameter names -> one name per axis, e.g. "blocks/*/mlp/fc/kernel": ("embed", "mlp")), built
+from the `PARAM_AXES` its shared layers declare for their own parameters (`under`), and the one
 table below, LOGICAL_AXIS_RULES, says which mesh axis each logical name is split over. Nothing
 else in the library places a parameter: the trainer, evaluation and sampling all ask here.
 
@@ -91,6 +92,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def batch_shards(mesh: Mesh) -> int:
     """How many ways the batch is split."""
     return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
+def under(prefix: str, axes: Mapping[str, tuple]) -> dict:
+    """A layer's `PARAM_AXES` (names relative to the layer) as entries of a family's table, for
+    the layer at `prefix` (a glob): under("blocks/*/mlp", MLP.PARAM_AXES)."""
+    return {f"{prefix}/{name}": logical for name, logical in axes.items()}
 
 
 def logical_axes(param_axes: Mapping[str, tuple], name: str, ndim: int) -> tuple:

@@ -114,6 +114,14 @@ class CausalSelfAttention(nnx.Module):
     One fused projection gives [q heads | k heads | v heads] (GPT-2's `c_attn` layout);
     rope_base=None leaves positions to the model (GPT-2's learned position embedding)."""
 
+    # Logical axes of its parameters, for sharding (microrwkv_jax.sharding).
+    PARAM_AXES = {
+        "qkv/kernel": ("embed", "heads"),
+        "qkv/bias": ("heads",),
+        "proj/kernel": ("heads", "embed"),
+        "proj/bias": ("embed",),
+    }
+
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, window: Optional[int], n_layer: int,
                  *, rngs: nnx.Rngs, rope_base: Optional[float] = 10000.0, bias: bool = False, dtype=jnp.float32):
         self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, n_embd // n_head

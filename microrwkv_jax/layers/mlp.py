@@ -11,6 +11,14 @@ from microrwkv_jax.layers.linears import STD, linear
 class MLP(nnx.Module):
     """Linear(C, rC) -> GELU (tanh approximation, GPT-2's) -> Linear(rC, C). x: [B, T, C] -> [B, T, C]."""
 
+    # Logical axes of its parameters, for sharding (microrwkv_jax.sharding).
+    PARAM_AXES = {
+        "fc/kernel": ("embed", "mlp"),
+        "fc/bias": ("mlp",),
+        "proj/kernel": ("mlp", "embed"),
+        "proj/bias": ("embed",),
+    }
+
     def __init__(self, n_embd: int, ratio: int, n_layer: int, *, rngs: nnx.Rngs, bias: bool = False,
                  dtype=jnp.float32):
         self.fc = linear(n_embd, ratio * n_embd, rngs=rngs, bias=bias, dtype=dtype)

@@ -28,6 +28,15 @@ class TinyMoE(nnx.Module):
       "expert_fraction" = f [E], for logging.
     """
 
+    # Logical axes of its parameters, for sharding (microrwkv_jax.sharding).
+    PARAM_AXES = {
+        "router": ("embed", "experts"),
+        "w_in": ("embed", "experts", "mlp"),
+        "b_in": ("experts", "mlp"),
+        "w_out": ("experts", "mlp", "embed"),
+        "b_out": ("experts", "embed"),
+    }
+
     def __init__(self, n_embd: int, num_experts: int, num_active_experts: int, expert_dim: int,
                  n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.num_experts, self.top_k, self.dtype = num_experts, num_active_experts, dtype

@@ -37,6 +37,20 @@ class TimeMix(nnx.Module):
     published checkpoints map onto it one to one.
     """
 
+    # Logical axes of its parameters, for sharding (microrwkv_jax.sharding): the projections into
+    # the heads' channels (H * N) and out of them, per-head vectors and ln_x with the heads, the
+    # token-shift mixes with the residual width. The first matching name wins.
+    PARAM_AXES = {
+        "ln_x/*": ("heads",),
+        "output/kernel": ("heads", "embed"),
+        "output/bias": ("embed",),
+        "*/kernel": ("embed", "heads"),              # receptance, key, value, gate
+        "*/bias": ("heads",),
+        "time_decay": ("heads",),
+        "time_faaaa": ("heads",),
+        "time_maa_*": ("embed",),
+    }
+
     def __init__(self, n_embd: int, n_head: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
                  bias: bool = False, chunk_size: int = 64, dtype=jnp.float32):
         self.n_embd, self.n_head, self.head_size, self.chunk_size = n_embd, n_head, n_embd // n_head, chunk_size
@@ -88,6 +102,16 @@ class TimeMix(nnx.Module):
 
 class ChannelMix(nnx.Module):
     """RWKV channel mix: sigmoid(receptance(xr)) * value(relu(key(xk))^2), hidden width 3C."""
+
+    # Logical axes of its parameters, for sharding (microrwkv_jax.sharding).
+    PARAM_AXES = {
+        "key/kernel": ("embed", "mlp"),
+        "key/bias": ("mlp",),
+        "value/kernel": ("mlp", "embed"),
+        "receptance/kernel": ("embed", "embed"),
+        "*/bias": ("embed",),                        # value, receptance
+        "time_maa_*": ("embed",),
+    }
 
     def __init__(self, n_embd: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
                  bias: bool = False, dtype=jnp.float32):

@@ -70,15 +70,17 @@ def test_a_table_entry_of_the_wrong_rank_is_refused():
         logical_axes({"*/w": ("embed",)}, "a/w", 2)
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_every_parameter_of_every_family_has_logical_axes(name):
-    """Each family's `param_axes` names every parameter (a new parameter without an entry would
-    silently stay replicated over the tensor axis), with logical names the rules know."""
+def test_every_parameter_of_every_family_has_logical_axes(name, bias):
+    """Each family's `param_axes` names every parameter, biases included (a new parameter without
+    an entry would silently stay replicated over the tensor axis), with logical names the rules know."""
     from microrwkv_jax.families import model_config
     from microrwkv_jax.sharding import LOGICAL_AXIS_RULES
     import fnmatch
     fields = {"n_layer": 2, **CONFIGS[name]}
-    config = model_config(fields.pop("preset"), vocab_size=97, block_size=32, n_embd=64, **fields)
+    config = model_config(fields.pop("preset"), vocab_size=97, block_size=32, n_embd=64,
+                          **({"bias": bias} if name != "rwkv4" else {}), **fields)    # (RWKV-4 has none)
     table = get_family(config.arch).param_axes
     for param, shape in ParamCodec(abstract_model(config)).shapes.items():
         assert any(fnmatch.fnmatchcase(param, glob) for glob in table), f"{config.arch}: {param} has no entry"

@@ -6,21 +6,18 @@ from microrwkv_jax.families.family import Family, HFCheckpointFormat
 from microrwkv_jax.families.gpt2 import hf_names
 from microrwkv_jax.families.gpt2.flops import forward_flops_per_token
 from microrwkv_jax.families.gpt2.model import GPT2, check_config
+from microrwkv_jax.layers.attention import CausalSelfAttention
+from microrwkv_jax.layers.mlp import MLP
+from microrwkv_jax.sharding import under
 
 # Logical axes of every parameter, for sharding (microrwkv_jax.sharding): Megatron's split of
-# attention heads and MLP hidden units over the tensor axis, the rest by FSDP.
+# attention heads and MLP hidden units over the tensor axis (the layers declare it), the rest by FSDP.
 PARAM_AXES = {
     "wte/embedding": ("vocab", "embed"),
     "wpe/embedding": ("positions", "embed"),
     "*ln_*/*": ("embed",),                                      # ln_1, ln_2, ln_f: scale and bias
-    "blocks/*/attn/qkv/kernel": ("embed", "heads"),
-    "blocks/*/attn/qkv/bias": ("heads",),
-    "blocks/*/attn/proj/kernel": ("heads", "embed"),
-    "blocks/*/attn/proj/bias": ("embed",),
-    "blocks/*/mlp/fc/kernel": ("embed", "mlp"),
-    "blocks/*/mlp/fc/bias": ("mlp",),
-    "blocks/*/mlp/proj/kernel": ("mlp", "embed"),
-    "blocks/*/mlp/proj/bias": ("embed",),
+    **under("blocks/*/attn", CausalSelfAttention.PARAM_AXES),
+    **under("blocks/*/mlp", MLP.PARAM_AXES),
 }
 
 _SIZES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20), "gpt2-xl": (48, 1600, 25)}

@@ -10,25 +10,24 @@ from microrwkv_jax.families.published import torch_names
 from microrwkv_jax.families.published.flops import forward_flops_per_token
 from microrwkv_jax.families.published.model import PublishedModel, check_config
 from microrwkv_jax.families.published.sampling import generate_by_reforward
+from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
+from microrwkv_jax.sharding import under
 
-# Logical axes of every parameter, for sharding (microrwkv_jax.sharding); as the causal family's.
+# Logical axes of every parameter, for sharding (microrwkv_jax.sharding): the shared RWKV layers
+# declare their own; this family's attention and MoE are its own.
 PARAM_AXES = {
     "wte/embedding": ("vocab", "embed"),
     "wpe/embedding": ("positions", "embed"),
-    "ln_f/scale": ("embed",),
-    "blocks/*/tmix/output/kernel": ("heads", "embed"),
-    "blocks/*/tmix/*/kernel": ("embed", "heads"),               # receptance, key, value, gate
-    "blocks/*/tmix/ln_x/*": ("heads",),
-    "blocks/*/tmix/time_decay": ("heads",),
-    "blocks/*/tmix/time_faaaa": ("heads",),
-    "blocks/*/time_maa_*": ("embed",),
-    "blocks/*/cmix/key/kernel": ("embed", "mlp"),
-    "blocks/*/cmix/value/kernel": ("mlp", "embed"),
-    "blocks/*/cmix/receptance/kernel": ("embed", "embed"),
+    "ln_f/*": ("embed",),
+    **under("blocks/*/tmix", TimeMix.PARAM_AXES),
+    **under("blocks/*/cmix", ChannelMix.PARAM_AXES),
     "blocks/*/sliding_attn/qkv/kernel": ("embed", "heads"),
+    "blocks/*/sliding_attn/qkv/bias": ("heads",),
     "blocks/*/sliding_attn/proj/kernel": ("heads", "embed"),
     "blocks/*/grouped_attn/qkvw/kernel": ("embed", "heads"),
+    "blocks/*/grouped_attn/qkvw/bias": ("heads",),
     "blocks/*/grouped_attn/out/kernel": ("heads", "embed"),
+    "blocks/*_attn/*/bias": ("embed",),                         # proj, out
     "blocks/*/moe/gate/kernel": ("embed", "experts"),
     "blocks/*/moe/gate/bias": ("experts",),
     "blocks/*/moe/experts_kernel": ("experts", "embed", "mlp"),
