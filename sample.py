@@ -99,7 +99,8 @@ def run(args) -> int:
         raise ValueError(f"--param_dtype={args.param_dtype}: expected float32, bfloat16 or float16")
     path = resolve_checkpoint(args)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint (train one with train.py, or pass --ckpt)")
+        hint = "" if args.ckpt or args.model_name else " (train one with train.py, or pass --ckpt)"
+        raise FileNotFoundError(f"{path}: no such checkpoint{hint}")
 
     import numpy as np
     from absl import logging
@@ -178,9 +179,13 @@ def run(args) -> int:
             sys.stdout.write(("" if i == 0 else "\n---------------\n") + args.prompt + tokenizer.decode(body) + "\n")
     sys.stdout.flush()
     ttft = (t_first[0] - t0) if t_first[0] is not None else elapsed
-    rate = n_generated / elapsed if elapsed > 0 else float("inf")
-    print(f"sample.py: {n_generated} tokens generated, time to first token {ttft * 1000:.0f} ms, "
-          f"{rate:.1f} tokens/s", file=sys.stderr)
+    # The rate of the tokens after the first: the first token's latency (prefill, and compiling
+    # where the cache has nothing) is reported on its own.
+    after_first = elapsed - ttft
+    rate = f"{(n_generated - args.num_samples) / after_first:.1f} tokens/s after it" \
+        if n_generated > args.num_samples and after_first > 0 else "no tokens after it"
+    print(f"sample.py: {n_generated} tokens generated, time to first token {ttft * 1000:.0f} ms, {rate} "
+          f"({elapsed * 1000:.0f} ms in all)", file=sys.stderr)
     return 0
 
 

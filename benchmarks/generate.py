@@ -62,8 +62,9 @@ def recurrent_ms_per_token(model, context: int, block: int, batch: int = 1) -> t
     carry = [state]
 
     def fn():
-        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], token, done, block, block, 0.0,
-                                                       None, None, 0, -1)
+        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], token, done, np.int32(block), block,
+                                                       *decoding.sampling_options(0.0, None, None), np.int32(0),
+                                                       np.int32(-1))
         tokens.block_until_ready()
 
     return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, size

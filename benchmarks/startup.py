@@ -6,6 +6,9 @@ compilation cache empty (cold) and filled by the previous run (warm).
 * sample.py: seconds from launching the command to the first generated character on stdout
   (the prompt is empty, so the first byte printed is the first token's), and the time to first
   token that sample.py itself reports (from the start of generation).
+* new prompts: after one warm-up generation, the time to first token of prompts of new lengths
+  (up to block_size) with new sampling options, in the same process with no compilation cache
+  (nothing may compile anew), and through sample.py in fresh processes on the warm cache.
 * train.py: seconds from launching the command to the end of the first training step (its
   `first_step` record in metrics.jsonl), for configs/tiny.py with a prepared data cache.
 
@@ -58,6 +61,18 @@ def run() -> None:
             emit({"bench": "startup", "command": "sample.py", "cache": label,
                   "seconds_to_first_token_from_launch": seconds,
                   "sample_py_reported_ttft_s": int(reported.group(1)) / 1e3 if reported else None})
+        # New prompt lengths and options through sample.py, each in a fresh process on the warm cache.
+        for prompt, options in NEW_PROMPTS:
+            seconds, err, status = first_output_seconds(
+                [sys.executable, "sample.py", "--ckpt", FLAGS.checkpoint or "out", "--max_new_tokens", "100",
+                 "--prompt", prompt, *options], env)
+            if status != 0:
+                raise SystemExit(f"bench.py startup: sample.py failed: {err.strip().splitlines()[-1]}")
+            reported = re.search(r"time to first token (\d+) ms", err)
+            emit({"bench": "startup", "command": "sample.py, a new prompt", "cache": "warm",
+                  "prompt_chars": len(prompt), "options": " ".join(options),
+                  "sample_py_reported_ttft_s": int(reported.group(1)) / 1e3 if reported else None})
+        new_prompts_in_process(FLAGS.checkpoint or "out")
         data_cache = pathlib.Path(tmp) / "data_cache"
         for label, extra in (("cold", {}), ("warm", {}), ("cache off", {"MICRORWKV_COMPILATION_CACHE": "off"})):
             out = pathlib.Path(tmp) / f"run-{label.replace(' ', '-')}"
@@ -74,3 +89,38 @@ def run() -> None:
             emit({"bench": "startup", "command": "train.py configs/tiny.py", "cache": label,
                   "data_cache": "made by this run" if label == "cold" else "reused",
                   "seconds_to_first_step_from_launch": first["seconds_from_start"]})
+
+
+# Prompts of new lengths (up to the tiny config's block_size, 384 bytes) with new options.
+NEW_PROMPTS = [("One day", ["--temperature", "0.7"]),
+               ("Once upon a time, there was a little girl named Lily. She", ["--top_k", "20"]),
+               ("Once upon a time, there was a small bunny named Tom. " * 6, ["--top_p", "0.9", "--temperature", "1.1"])]
+
+
+def new_prompts_in_process(checkpoint) -> None:
+    """Time to first token of prompts of new lengths and new options, in this process, with no
+    persistent compilation cache, after one warm-up generation: whatever compiles anew shows."""
+    import numpy as np
+
+    from microrwkv_jax.loading import load_model_and_tokenizer
+    from microrwkv_jax.sampling import generate
+
+    model, config, tokenizer = load_model_and_tokenizer(str(REPO / checkpoint) if not os.path.isabs(checkpoint)
+                                                        else checkpoint)
+
+    def first_token_seconds(text, **options):
+        prompt = np.asarray([tokenizer.encode(text) if text else [tokenizer.eot_id]], np.int32)
+        started, first = time.perf_counter(), []
+        generate(model, prompt, 20, on_tokens=lambda t: first or first.append(time.perf_counter()), **options)
+        return first[0] - started, prompt.shape[1]
+
+    warm_up, _ = first_token_seconds("", temperature=0.8)
+    emit({"bench": "startup", "command": "generate() in one process, warm-up", "cache": "none",
+          "seconds_to_first_token": warm_up})
+    for text, options in [("One day", dict(temperature=0.7)),
+                          ("Once upon a time, there was a girl", dict(temperature=1.0, top_k=20)),
+                          ("Tom saw a frog at the pond. " * 8, dict(temperature=1.1, top_p=0.9)),
+                          ("a" * (config.block_size - 1), dict(temperature=0.0))]:
+        seconds, tokens = first_token_seconds(text, **options)
+        emit({"bench": "startup", "command": "generate() in one process, a new prompt", "cache": "none",
+              "prompt_tokens": tokens, "options": options, "seconds_to_first_token": seconds})

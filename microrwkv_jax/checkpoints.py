@@ -13,6 +13,7 @@ orbax CheckpointManager (the last few steps and the best by validation loss).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import abstract_model, config_from_dict
+from microrwkv_jax.paths import shown_path, user_path
 from microrwkv_jax.sharding import host_device
 
 CONFIG_FILE = "config.json"
@@ -86,10 +88,32 @@ def _ignore_closed_event_loop() -> None:
     sys.unraisablehook = hook
 
 
+# Errors that say our own code is wrong, not the files: never reported as a corrupt checkpoint.
+CODE_ERRORS = (TypeError, AttributeError, NameError, AssertionError, ImportError)
+
+
 def unreadable(where, err: BaseException) -> CorruptCheckpointError:
-    """The one-line error for checkpoint files orbax cannot read (missing, truncated, corrupt)."""
+    """The one-line error for checkpoint files orbax cannot read (missing, truncated, corrupt).
+    An error of our own code (CODE_ERRORS) is raised as it is instead: "unreadable checkpoint" is
+    said only of files."""
+    if isinstance(err, CODE_ERRORS):
+        raise err
     _ignore_closed_event_loop()
-    return CorruptCheckpointError(f"{where}: unreadable checkpoint ({first_line(err)})")
+    return CorruptCheckpointError(f"{shown_path(where)}: unreadable checkpoint ({first_line(err)})")
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Silence orbax's absl WARNING lines for reads, which say nothing a user can act on
+    ("CheckpointManagerOptions.read_only=True, setting save_interval_steps=0", "Given directory
+    is read only", no step metadata); errors still surface."""
+    from absl import logging as absl_logging
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def first_line(err: BaseException) -> str:
@@ -230,14 +254,13 @@ def read_model_dir_meta(path) -> dict:
 def stored_array_metadata(item_dir) -> dict:
     """{name: metadata with .shape and .dtype} of the arrays of an orbax checkpoint item (a
     `params/` directory), read from its metadata alone: no array is read."""
-    from absl import logging as absl_logging
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)     # (orbax warns that a run's item has no step metadata)
-    try:
+    item_dir = user_path(item_dir)      # (given a relative path, orbax returns no metadata and no error)
+    with quiet_orbax():                 # (orbax warns that a run's item has no step metadata)
         metadata = ocp.StandardCheckpointer().metadata(item_dir)
-    finally:
-        absl_logging.set_verbosity(verbosity)
-    return dict(getattr(metadata, "item_metadata", metadata))
+    metadata = getattr(metadata, "item_metadata", metadata)
+    if metadata is None:
+        raise CorruptCheckpointError(f"{shown_path(item_dir)}: unreadable checkpoint (orbax finds no array metadata)")
+    return dict(metadata)
 
 
 def host_restore_target(item_dir) -> dict:
@@ -285,10 +308,10 @@ def run_checkpoint_manager(run_dir, keep: int = 3, read_only: bool = False) -> o
         checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=not read_only,
-                                           create=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(pathlib.Path(run_dir).absolute() / "checkpoints", options=options,
-                                 item_names=RUN_ITEMS)
+    with quiet_orbax() if read_only else contextlib.nullcontext():
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=not read_only,
+                                               create=not read_only, read_only=read_only)
+        return ocp.CheckpointManager(user_path(run_dir) / "checkpoints", options=options, item_names=RUN_ITEMS)
 
 
 def latest_run_checkpoint(run_dir) -> Optional[int]:

@@ -4,8 +4,10 @@ The prompt (but its last token) is prefilled in parallel (chunked WKV, attention
 prompt) into a decoding state, then one compiled loop feeds a token, samples the next and feeds
 it back, up to `block` tokens per device call.
 Per-token work happens on the device; the host only streams each finished block. The prompt
-is fed in pieces of PREFILL_PIECE tokens and powers of two, so a new prompt length does not
-recompile. A model only needs `init_state(batch, max_len)`, `forward(tokens, state)`,
+is fed in pieces of PIECE_SIZES tokens, every size a branch of one compiled program, and the
+sampling options are traced values, so neither a new prompt length nor new options recompile
+(caches start with room for the model's context, so prompts up to `block_size` share one state
+shape). A model only needs `init_state(batch, max_len)`, `forward(tokens, state)`,
 `features(tokens, state)`, `output_embedding()` (the head's matrix) and `config.vocab_size`.
 """
 
@@ -22,6 +24,8 @@ from flax import nnx
 from microrwkv_jax.layers.output_head import tied_logits
 
 PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
+PIECE_SIZES = (PREFILL_PIECE, 16, 4, 1)   # the prompt piece sizes: branches of one compiled program
+PRESIZED_CONTEXT = 4096     # caches start with room for the model's context up to this many tokens
 MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
 # XLA's copy insertion, told to analyse loop bodies region by region, sees that a token's attention
 # reads the old cache before the cache's one-slot update: without it, XLA's CPU backend copies every
@@ -29,22 +33,38 @@ MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
 DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-def sample_logits(logits, keys, temperature: float, top_k: Optional[int], top_p: Optional[float]):
-    """Draw one token per row. logits [B, V] float32, keys [B] -> int32 [B]. temperature 0 is greedy."""
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p is not None and top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+def sampling_options(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> tuple:
+    """The sampling options as the device arrays one compiled program takes whatever their values:
+    (temperature float32, top_k int32 with 0 for none, top_p float32 with 1 for none)."""
+    return (np.float32(temperature), np.int32(0 if top_k is None else top_k),
+            np.float32(1.0 if top_p is None else top_p))
+
+
+def sample_logits(logits, keys, temperature, top_k, top_p):
+    """Draw one token per row. logits [B, V] float32, keys [B] -> int32 [B]. temperature 0 is
+    greedy; top_k (None or 0: all tokens) keeps the k likeliest; top_p (None or 1: all) then keeps
+    the smallest set of them whose probability reaches top_p. The options may be traced values
+    (`sampling_options`), so one compiled program serves them all."""
+    top_k = 0 if top_k is None else top_k
+    top_p = 1.0 if top_p is None else top_p
+    vocab = logits.shape[-1]
+    k = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)          # tokens top_k keeps
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+
+    def restrict(scaled):
+        sorted_desc = -jnp.sort(-scaled, axis=-1)                        # [B, V], likeliest first
+        kept = jnp.where(jnp.arange(vocab) < k, sorted_desc, -jnp.inf)    # the top k, in order
+        kth = kept[:, k - 1][:, None]
+        cumulative = jnp.cumsum(jax.nn.softmax(kept, axis=-1), axis=-1)
         # Keep the smallest prefix whose probability reaches top_p (always at least one token).
-        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+        cutoff_index = jnp.minimum(jnp.sum(cumulative < top_p, axis=-1, keepdims=True), k - 1)
+        cutoff = jnp.take_along_axis(kept, cutoff_index, axis=-1)
+        threshold = jnp.where(top_p < 1.0, cutoff, kth)
+        return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+    scaled = jax.lax.cond((k < vocab) | (top_p < 1.0), restrict, lambda x: x, scaled)
+    drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
 
 def row_keys(seed: int, batch: int, position):
@@ -60,23 +80,33 @@ def cache_capacity(total_len: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def prefill_piece(graphdef, params, state, tokens):
-    """Feed tokens [B, T] into the state; returns (the last position's logits [B, V], state).
-    Only the last position's logits are needed, so the head (the widest product) runs on it alone."""
+def prefill_piece(graphdef, params, state, tokens, size_index):
+    """Feed the first PIECE_SIZES[size_index] tokens of `tokens` [B, PREFILL_PIECE] into the state,
+    in parallel; returns (the last fed position's logits [B, V], state). Every piece size is a
+    branch of this one program (`size_index` is traced), so one compilation serves every prompt
+    length. Only the last position's logits are needed, so the head (the widest product) runs on
+    it alone."""
     model = nnx.merge(graphdef, params)
-    x, state, _ = model.features(tokens, state)
-    return tied_logits(x[:, -1:], model.output_embedding(), model.config.vocab_size)[:, 0], state
+
+    def piece(size):
+        def feed(state):
+            x, state, _ = model.features(tokens[:, :size], state)
+            return x[:, -1], state
+        return feed
+
+    x, state = jax.lax.switch(size_index, [piece(size) for size in PIECE_SIZES], state)
+    return tied_logits(x[:, None], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9), donate_argnums=(2,),
-                   compiler_options=DECODE_COMPILER_OPTIONS)
+@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(2,), compiler_options=DECODE_COMPILER_OPTIONS)
 def decode_block(graphdef, params, state, token, done, steps, block, temperature, top_k, top_p, seed, stop_token):
     """Feed `token` [B] (the newest token, not yet in `state`), then sample `steps` tokens, feeding
     each back but the last. Returns (tokens [B, block] whose first `steps` columns are the samples,
     state, the last sample [B] (not yet fed), done [B]).
 
     `steps` (1 <= steps <= block) is a traced loop bound, so the first token (alone, to stream at
-    once) and every later block share one compiled function. `state` is donated: the loop updates
+    once) and every later block share one compiled function; so are the sampling options
+    (`sampling_options`) and the seed, so that no option recompiles. `state` is donated: the loop updates
     the caches in place instead of first copying them (a copy of a 1.6 GB cache per call is 100 MB
     per token at 16 tokens per call); use the returned one."""
     model = nnx.merge(graphdef, params)
@@ -106,22 +136,33 @@ def grow_state(model, state, batch: int, capacity: int):
 
 
 def prefill_pieces(length: int) -> list:
-    """Split a prompt into pieces of PREFILL_PIECE tokens, then powers of two: 77 -> [64, 8, 4, 1].
-    Each piece runs in parallel (chunked WKV, attention over the piece), and only
-    log2(PREFILL_PIECE) + 1 piece shapes ever compile, whatever the prompt length."""
-    pieces = [PREFILL_PIECE] * (length // PREFILL_PIECE)
-    rest = length % PREFILL_PIECE
-    pieces += [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
+    """Split a prompt into pieces of PIECE_SIZES, largest first: 77 -> [64, 4, 4, 4, 1].
+    Each piece runs in parallel (chunked WKV, attention over the piece), and all the sizes are
+    branches of one compiled program (`prefill_piece`), whatever the prompt length."""
+    pieces = []
+    for size in PIECE_SIZES:
+        pieces += [size] * (length // size)
+        length %= size
     return pieces
 
 
 def prefill_graph(graphdef, params, state, prompt):
     """Run the prompt [B, T] through the model; returns (last position's logits, state)."""
+    prompt = np.asarray(prompt, np.int32)
     start = 0
     for size in prefill_pieces(prompt.shape[1]):
-        last, state = prefill_piece(graphdef, params, state, jnp.asarray(prompt[:, start:start + size]))
+        tokens = np.zeros((prompt.shape[0], PREFILL_PIECE), np.int32)
+        tokens[:, :size] = prompt[:, start:start + size]
+        last, state = prefill_piece(graphdef, params, state, tokens, np.int32(PIECE_SIZES.index(size)))
         start += size
     return last, state
+
+
+def initial_capacity(model, prompt_len: int, block: int) -> int:
+    """Global-attention cache slots to start with: enough for the prompt and a first block, and
+    never fewer than the model's context (up to PRESIZED_CONTEXT tokens), so that every prompt up
+    to `block_size` shares one state shape and one compiled program."""
+    return cache_capacity(max(prompt_len + block, min(model.config.block_size, PRESIZED_CONTEXT)))
 
 
 def prefill(model, prompt, max_len: int):
@@ -140,7 +181,7 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
     device call. Arguments and result as `generate`'s (already checked)."""
     graphdef, params = nnx.split(model)
     b, t = prompt.shape
-    capacity = cache_capacity(t + block)        # grown as generation goes, never sized for the worst case
+    capacity = initial_capacity(model, t, block)    # grown as generation goes, never sized for the worst case
     state = model.init_state(b, capacity)
     # The prompt's last token is fed by the first decode call (a one-token prompt, the usual
     # start from end-of-text, needs no prefill); the rest is prefilled in parallel.
@@ -149,6 +190,7 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
     token = jnp.asarray(prompt[:, -1])
     done = jnp.zeros((b,), bool)
     stop = -1 if stop_token is None else int(stop_token)
+    options = sampling_options(temperature, top_k, top_p)
     out = []
     produced = 0
     while produced < max_new_tokens:
@@ -157,8 +199,8 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
         if t + produced + steps > capacity:
             capacity = cache_capacity(t + produced + steps)
             state = grow_state(model, state, b, capacity)
-        tokens, state, token, done = decode_block(graphdef, params, state, token, done, steps, block,
-                                                  float(temperature), top_k, top_p, seed, stop)
+        tokens, state, token, done = decode_block(graphdef, params, state, token, done, np.int32(steps), block,
+                                                  *options, np.int32(seed), np.int32(stop))
         tokens = np.asarray(tokens)[:, :steps]
         produced += steps
         out.append(tokens)

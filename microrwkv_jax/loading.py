@@ -5,7 +5,6 @@ family that converts them."""
 from __future__ import annotations
 
 import os
-import pathlib
 
 from microrwkv_jax.checkpoints import (ParamCodec, is_model_dir, materialise_params, restore_model_dir_params,
                                       restore_run_params)
@@ -13,6 +12,7 @@ from microrwkv_jax.convert import read_hf_model_dir, read_torch_file
 from microrwkv_jax.data.tokenizers import get_tokenizer
 from microrwkv_jax.families import abstract_model, config_from_dict, get_family
 from microrwkv_jax.hf_checkpoint import is_hf_dir
+from microrwkv_jax.paths import shown_path, user_path
 from microrwkv_jax.sharding import param_shardings
 
 
@@ -37,7 +37,7 @@ def read_params(path):
     does not say) of a `.pth` file, a model dir, a Hugging Face dir or a run dir. Nothing is
     converted or put on a device yet: `materialise_params` then does it tensor by tensor (host
     memory peaks at about one copy of the weights), refusing parameters that are not all finite."""
-    path = pathlib.Path(path)
+    path = user_path(path)        # (orbax and the other readers see absolute paths only)
     if path.is_file():
         config, flat, _, family = read_torch_file(path)
         return flat, config, family.torch_checkpoint.default_tokenizer
@@ -51,7 +51,7 @@ def read_params(path):
     if path.is_dir():                     # a training run directory: its newest checkpoint
         flat, meta = restore_run_params(path)
         return flat, config_from_dict(meta["model"]), meta.get("tokenizer", "gpt2")
-    raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    raise FileNotFoundError(f"{shown_path(path)}: no such checkpoint file or directory")
 
 
 def load_model(path, dtype: str | None = None, param_dtype: str = "float32"):

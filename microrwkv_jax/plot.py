@@ -11,11 +11,26 @@ import pathlib
 import sys
 
 
+def read_records(path) -> list:
+    """The records of a run's metrics.jsonl ([] if there is none); a line that is not JSON (a run
+    killed mid-write) is skipped."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def read_metrics(run_dir) -> tuple:
     path = pathlib.Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (is {run_dir} a training run directory?)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_records(path)
     train = [r for r in records if "loss" in r and "step" in r]
     val = [r for r in records if "val_loss" in r and "step" in r and "event" not in r]     # the periodic ones
     return train, val

@@ -1,6 +1,7 @@
 """Decoding and sampling: prefill, generate, and the sample.py command line."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,7 @@ def step_forward(model, x, state):
 def test_parallel_prefill_leaves_the_state_of_token_by_token_decoding(family):
     model = make(family, gqa_window=None if family != "hybrid" else 12)
     prompt = prompt_tokens(0, 2, 77)      # parallel pieces of 64, 8, 4 and 1 tokens
-    assert decoding.prefill_pieces(77) == [64, 8, 4, 1]
+    assert decoding.prefill_pieces(77) == [64, 4, 4, 4, 1]
     logits, state = decoding.prefill(model, prompt, max_len=100)
     ref_state = model.init_state(2, decoding.cache_capacity(100))
     for i in range(77):
@@ -70,13 +71,17 @@ def test_batched_samples_equal_samples_drawn_one_at_a_time():
     assert not np.array_equal(batch[0], batch[1])
 
 
-def test_new_prompt_lengths_do_not_recompile():
-    model = make("rwkv")
-    # All but the last prompt token are prefilled: 127 tokens in pieces 64, 32, ..., 1.
-    sampling.generate(model, prompt_tokens(3, 1, 128), 20, temperature=0.0)
+def test_new_prompt_lengths_and_options_do_not_recompile():
+    """After one generation, any prompt up to block_size and any sampling options reuse the same
+    two compiled programs (prefill and decode): piece sizes are branches of one program, options
+    and seeds are traced, and caches start with room for the model's context."""
+    model = make("gpt", gqa_window=None, block_size=300)        # a global-attention cache, a shape of its own
+    sampling.generate(model, prompt_tokens(3, 1, 2), 20, temperature=0.0)
     sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size())
-    for length in (1, 3, 41, 130, 150, 200):
-        sampling.generate(model, prompt_tokens(4, 1, length), 20, temperature=0.0)
+    for length, options in [(1, dict(temperature=1.0)), (3, dict(temperature=0.7, top_k=5)),
+                            (41, dict(temperature=1.3, top_p=0.9)), (130, dict(temperature=0.0, top_k=2)),
+                            (199, dict(temperature=0.5, top_k=50, top_p=0.5)), (300, dict(temperature=0.9))]:
+        sampling.generate(model, prompt_tokens(4, 1, length), 20, seed=length, **options)
     assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size()) == sizes
 
 
@@ -108,6 +113,34 @@ def test_top_k_one_is_greedy_and_sample_logits_respects_top_p():
     assert draws == {1, 3}
 
 
+def test_traced_sampling_options_draw_what_numpy_says():
+    """The options as traced values (one program for all of them): each keeps exactly the tokens
+    a float64 numpy filter keeps, and temperature 0 is the argmax."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(1, 12)) * 2, jnp.float32)
+    draw = jax.jit(lambda keys, t, k, p: decoding.sample_logits(logits, keys, t, k, p))
+
+    def allowed(temperature, top_k, top_p):
+        """{token: its probability after the filters}."""
+        z = np.asarray(logits[0], np.float64) / temperature
+        order = np.argsort(-z)[: top_k or len(z)]
+        probs = np.exp(z[order] - z[order].max())
+        probs /= probs.sum()
+        keep = int(np.sum(np.cumsum(probs) < top_p)) + 1 if top_p < 1 else len(order)
+        kept = probs[:keep] / probs[:keep].sum()
+        return dict(zip(order[:keep].tolist(), kept))
+
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 3, 1.0), (1.5, 0, 0.6), (1.0, 5, 0.8), (0.3, 12, 0.95)]:
+        options = decoding.sampling_options(temperature, top_k, top_p)
+        seen = {int(draw(decoding.row_keys(s, 1, 0), *options)[0]) for s in range(400)}
+        expected = allowed(temperature, top_k, top_p)
+        # Only tokens the filters keep are drawn, and every kept token of probability >= 3% is.
+        assert seen <= set(expected) and {t for t, q in expected.items() if q >= 0.03} <= seen, (temperature, top_k, top_p)
+    greedy = draw(decoding.row_keys(0, 1, 0), *decoding.sampling_options(0.0, 4, 0.5))
+    assert int(greedy[0]) == int(np.argmax(np.asarray(logits[0])))
+    assert draw._cache_size() == 1
+
+
 # --- sample.py --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -124,7 +157,7 @@ def test_cli_streams_text_and_reports_speed(model_dir, capsys):
     out, err = capsys.readouterr()
     assert out.startswith("One day") and out.endswith("\n")
     assert err.strip().splitlines()[-1].startswith("sample.py: 12 tokens generated, time to first token ")
-    assert err.strip().endswith("tokens/s")
+    assert re.search(r"time to first token \d+ ms, [\d.]+ tokens/s after it \(\d+ ms in all\)$", err.strip())
     model = make("hybrid")
     expected = sampling.generate(model, np.asarray([list(b"One day")], np.int32), 12, temperature=0.0)
     assert out == "One day" + bytes(int(t) for t in expected[0] if t < 256).decode("utf-8", "replace") + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import shlex
 import sys
 import time
 from typing import Optional
@@ -15,7 +16,9 @@ import numpy as np
 from microrwkv_jax.checkpoints import run_checkpoint_manager
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.families import get_family
+from microrwkv_jax.paths import shown_path
 from microrwkv_jax.training.run import Run, TrainingError, check_writable, lock_out_dir, log_line
+from microrwkv_jax.training.train_config import with_absolute_paths
 
 
 def non_finite(loss: float, grad_norm: float, params_finite: bool) -> str:
@@ -40,6 +43,7 @@ def train(cfg, started: Optional[float] = None) -> dict:
     """Train (or with eval_only, evaluate) as `cfg` says, holding out_dir's lock. Returns the last
     metrics. `started`: `time.time()` when the command started, for its time to the first step."""
     started = time.time() if started is None else started
+    cfg = with_absolute_paths(cfg)      # the run records, and orbax sees, absolute paths only
     out = pathlib.Path(cfg.out_dir)
     check_writable(out)
     run = Run(cfg)          # data and model first: bad input fails before out_dir is created
@@ -68,16 +72,24 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
     say(f"data: {info['dataset']} / {info['tokenizer']}: {info['train_tokens']:,} train tokens, "
         f"{int(np.sum(run.val_targets >= 0)):,} scored val tokens in {run.val_inputs.shape[0]} windows")
     if run.floor is not None:
-        ef = info["entropy_floor"]
-        say(f"entropy floor of the held-out stories: {run.floor:.4f} nats/token "
-            f"({ef['nats_per_byte']:.4f} nats/byte, {ef['nats_per_story']:.2f} nats/story)")
+        say(f"entropy floor: {run.floor:.4f} nats/token on the eval set ({run.eval_docs} stories, scored every "
+            f"{cfg.eval_every} steps), {run.held_out_floor:.4f} on all {run.held_out_docs} held-out stories "
+            f"(scored at the end)")
     if latest is not None:
-        say(f"resumed from {out / 'checkpoints' / str(latest)} at step {latest}")
+        say(f"resumed from {shown_path(out / 'checkpoints' / str(latest))} at step {latest}")
+        if not cfg.eval_only and run.step >= cfg.num_train_steps:
+            manager.close()
+            say(f"{shown_path(out)}: this run is complete (step {run.step} of num_train_steps={cfg.num_train_steps}); "
+                "raise --config.num_train_steps to train on, or use a new --config.out_dir")
+            final = completed_final_evaluation(run, metrics_path)
+            if jax.process_index() == 0:
+                summarise(run, out, final, say)
+            return final
 
     if cfg.eval_only:
         if latest is None and cfg.init_from == "scratch":
             manager.close()
-            raise TrainingError(f"eval_only: no checkpoint in {out / 'checkpoints'} and init_from='scratch'; "
+            raise TrainingError(f"eval_only: no checkpoint in {shown_path(out / 'checkpoints')} and init_from='scratch'; "
                                 "nothing to evaluate")
         eval_started = time.perf_counter()
         val = run.evaluate()
@@ -87,7 +99,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
                   "val_tokens": scored, "seconds": seconds}
         baselines = pipeline.ngram_baselines(run.data.train, run.val_inputs, run.val_targets, run.tokenizer.vocab_size)
         record.update({f"{k}_loss": v for k, v in baselines.items()})
-        say(f"eval: val_loss {val:.4f} nats/token over {scored:,} tokens in {seconds:.1f} s"
+        say(f"eval: val_loss {val:.4f} nats/token over {scored:,} tokens of the eval set in {seconds:.1f} s"
             + relative_to_floor(val, run.floor) + story_rate_text(rate, run.story_samples)
             + f"  (unigram {baselines['unigram']:.4f}, bigram {baselines['bigram']:.4f})")
         log_line(metrics_path, {"event": "eval_only", **record})
@@ -140,7 +152,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
                 log_line(metrics_path, record)
                 last.update(record)
                 if run.progress:
-                    bar.write(f"step {run.step}: val_loss {val:.4f}" + relative_to_floor(val, run.floor)
+                    bar.write(f"step {run.step}: val_loss {val:.4f} (eval set)" + relative_to_floor(val, run.floor)
                               + story_rate_text(rate, run.story_samples), file=sys.stderr)
             if save_now:
                 # A checkpoint competes for "best" only with a finite validation loss.
@@ -155,12 +167,11 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
         manager.wait_until_finished()
         manager.close()
     if run.step > start_step:
-        seconds = time.perf_counter() - train_started
-        final = final_evaluation(run, last)
+        final = {**final_evaluation(run, last), "steps": run.step - start_step,
+                 "train_seconds": time.perf_counter() - train_started, "seconds_to_first_step": to_first_step}
         log_line(metrics_path, final)
         if jax.process_index() == 0:
-            summarise(run, out, final, seconds=seconds, to_first_step=to_first_step, steps=run.step - start_step,
-                      say=say)
+            summarise(run, out, final, say)
     return last
 
 
@@ -175,19 +186,56 @@ def final_evaluation(run: Run, last: dict) -> dict:
             "val_documents": run.held_out_docs, "valid_story_rate": last.get("valid_story_rate")}
 
 
-def summarise(run: Run, out: pathlib.Path, final: dict, seconds: float, to_first_step: float, steps: int,
-              say) -> None:
-    """The end of a run: where it got to (validation loss against the floor, valid stories), how
-    long it took, what it wrote (checkpoint, out/loss.png) and what to run next."""
+def completed_final_evaluation(run: Run, metrics_path: pathlib.Path) -> dict:
+    """The final evaluation of a run that is already complete: the one it logged at its last step,
+    or (a log without one) the evaluation made now."""
+    from microrwkv_jax.plot import read_records
+
+    records = read_records(metrics_path)
+    logged = [r for r in records if r.get("event") == "final_eval" and r.get("step") == run.step]
+    if logged:
+        return logged[-1]
+    rates = [r["valid_story_rate"] for r in records if "valid_story_rate" in r and r.get("step") == run.step]
+    final = {**final_evaluation(run, {"val_loss": run.evaluate(), "valid_story_rate": rates[-1] if rates else None}),
+             "evaluated_on_rerun": True}
+    log_line(metrics_path, final)
+    return final
+
+
+def summarise(run: Run, out: pathlib.Path, final: dict, say) -> None:
+    """The end of a run: where it got to (validation loss against the floor of the same documents,
+    valid stories), how long it took, what it wrote (checkpoint, out/loss.png) and what to run next."""
     from microrwkv_jax.plot import plot_runs
 
     plot = plot_runs([out], out / "loss.png")
     val = final["val_loss"]
-    say(f"\ndone: {steps} steps in {seconds / 60:.1f} min ({to_first_step:.0f} s from the command to the first step)")
-    say(f"  validation loss {val:.4f} nats/token on {final['val_documents']} held-out documents"
+    if "train_seconds" in final:
+        say(f"\ndone: {final['steps']} steps in {final['train_seconds'] / 60:.1f} min "
+            f"({final['seconds_to_first_step']:.0f} s from the command to the first step)")
+    else:
+        say(f"\ndone: step {final['step']}")
+    say(f"  validation loss {val:.4f} nats/token on all {final['val_documents']} held-out documents"
         + relative_to_floor(val, final["entropy_floor"]).replace("  ", ", ", 1)
         + story_rate_text(final["valid_story_rate"], run.story_samples).replace("  ", ", ", 1))
-    say(f"  checkpoint: {out / 'checkpoints' / str(run.step)}")
-    say(f"  loss curves: {plot}")
-    out_flag = "" if out == pathlib.Path("out") else f" --out_dir {out}"
-    say(f"  next: python sample.py{out_flag} --prompt \"One day\"")
+    say(f"  checkpoint: {shown_path(out / 'checkpoints' / str(final['step']))}")
+    say(f"  loss curves: {shown_path(plot)}")
+    shown = shown_path(out)
+    out_flag = "" if shown == "out" else f" --out_dir {shell_quote(shown)}"
+    say(f"  next: python sample.py{out_flag} --prompt {shell_quote(suggested_prompt(run))}")
+
+
+def shell_quote(text: str) -> str:
+    """`text` as one shell word, in double quotes where the shell leaves them alone (as a user writes it)."""
+    return f'"{text}"' if not set(text) & set('"$`\\!') else shlex.quote(text)
+
+
+def suggested_prompt(run: Run) -> str:
+    """A prompt for the `next:` line: "One day" on the built-in stories, else the first words of
+    the run's own training text."""
+    if run.cfg.dataset == "stories":
+        return "One day"
+    head = np.asarray(run.data.train[:256]).tolist()
+    eot = run.tokenizer.eot_id
+    head = head[:head.index(eot)] if eot in head else head
+    words = run.tokenizer.decode(head).replace("\ufffd", "").split()
+    return " ".join(words[:3]) or "The"

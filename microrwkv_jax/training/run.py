@@ -20,10 +20,11 @@ from microrwkv_jax.checkpoints import (CorruptCheckpointError, ParamCodec, mater
                                       tree_checksums, unreadable, verify_checksums)
 from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
-from microrwkv_jax.data.tokenizers import get_tokenizer
+from microrwkv_jax.data.tokenizers import TOKENIZERS, get_tokenizer
 from microrwkv_jax.families import abstract_model, build_model, get_family, model_config_from, train_flops_per_token
 from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.loading import read_params
+from microrwkv_jax.paths import shown_path, user_pattern
 from microrwkv_jax.training.distributed import process_rows
 from microrwkv_jax.training.steps import ShardedSteps
 from microrwkv_jax.training.story_samples import NUM_SAMPLES, valid_story_rate
@@ -31,6 +32,41 @@ from microrwkv_jax.training.story_samples import NUM_SAMPLES, valid_story_rate
 
 class TrainingError(RuntimeError):
     """A run that cannot start or continue; the message is one line."""
+
+
+# The settings that make a run's checkpoints what they are: resuming with any of them changed is
+# refused (`Run.check_same_run`). Everything else (num_train_steps, evaluation and logging, the
+# learning-rate schedule, the mesh, the cache directories) may change between resumes.
+RUN_KEYS = ("dataset", "tokenizer", "data", "model", "batch_size", "seed", "init_from")
+RUN_KEYS_EXEMPT = ("data.cache_dir",)
+PATH_KEYS = ("dataset", "tokenizer", "init_from", "data.tfds_data_dir")
+
+
+def flat_config(tree: dict, prefix: str = "") -> dict:
+    """{"data.val_fraction": 0.02, ...} of a nested config dict."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_key_differences(saved: dict, now: dict) -> list:
+    """[(key, saved value, current value)] for the RUN_KEYS where two configs (JSON dicts) differ;
+    paths compare as absolute paths (older checkpoints recorded them as given)."""
+    saved, now = flat_config(saved), flat_config(now)
+
+    def normal(key, value):
+        if key in PATH_KEYS and isinstance(value, str) and value not in ("scratch", "stories", *TOKENIZERS) \
+                and not value.startswith("tfds:"):
+            return user_pattern(value)
+        return value
+
+    keys = sorted(k for k in set(saved) | set(now)
+                  if k.split(".")[0] in RUN_KEYS and k not in RUN_KEYS_EXEMPT)
+    return [(k, saved.get(k), now.get(k)) for k in keys if normal(k, saved.get(k)) != normal(k, now.get(k))]
 
 
 class Run:
@@ -79,6 +115,7 @@ class Run:
             used = used[window_of_doc < keep]
         scored = int(np.sum(self.val_targets >= 0))
         self.floor = pipeline.floor_for_documents(self.data.info, used, scored)
+        self.eval_docs = len(used)       # the eval set: the held-out documents periodic evaluations score
 
         # Model, parameters, optimizer, placed on the mesh as the family's sharding says. From a
         # checkpoint the model is never initialised: its parameters are the checkpoint's, read one
@@ -172,30 +209,56 @@ class Run:
             meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
     def restore(self, manager, step: int) -> None:
-        """Restore the checkpoint of `step`; CorruptCheckpointError if it is unreadable or fails its checksums."""
+        """Restore the checkpoint of `step`; CorruptCheckpointError if it is unreadable or fails its
+        checksums; TrainingError if it belongs to a run of other settings (`check_same_run`)."""
         where = self.out_dir / "checkpoints" / str(step)
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as err:     # orbax raises many types for missing or truncated files
+            raise unreadable(where, err) from None
+        if not self.cfg.eval_only:      # (an evaluation may score a checkpoint on other data)
+            self.check_same_run(meta, step)
+        if meta["model"] != self.model_config.to_dict():
+            raise TrainingError(f"{shown_path(self.out_dir)}: its checkpoint is of another model config; "
+                                "use another out_dir or the same config")
+        self.check_param_shapes(where / "params")
         # Restored onto this run's shardings, whatever mesh saved it: orbax reads each device's shards.
         abstract = lambda tree: jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-        items = {"params": ocp.args.StandardRestore(abstract(self.params)), "meta": ocp.args.JsonRestore()}
+        items = {"params": ocp.args.StandardRestore(abstract(self.params))}
         if self.opt_state is not None:       # an evaluation restores the parameters only
             items["opt_state"] = ocp.args.StandardRestore(abstract(self.opt_state))
-        self.check_param_shapes(where / "params")
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:     # orbax and tensorstore raise many types for missing or truncated files
             raise unreadable(where, err) from None
-        if restored.meta["model"] != self.model_config.to_dict():
-            raise TrainingError(f"{self.out_dir}: its checkpoint is of another model config; "
-                                "use another out_dir or the same config")
-        if "checksums" in restored.meta:
-            verify_checksums(restored.params, restored.meta["checksums"]["params"], str(where / "params"))
+        if "checksums" in meta:
+            verify_checksums(restored.params, meta["checksums"]["params"], str(where / "params"))
             if self.opt_state is not None:
-                verify_checksums(restored.opt_state, restored.meta["checksums"]["opt_state"], str(where / "opt_state"))
+                verify_checksums(restored.opt_state, meta["checksums"]["opt_state"], str(where / "opt_state"))
         self.params = restored.params
         if self.opt_state is not None:
             self.opt_state = restored.opt_state
-        self.step = int(restored.meta["step"])
+        self.step = int(meta["step"])
+
+    def check_same_run(self, meta: dict, step: int) -> None:
+        """Refuse to resume a checkpoint trained with another dataset, tokenizer, data settings,
+        model, batch, seed or starting point (RUN_KEYS): continuing its optimizer state on other
+        data or another model would silently be another run. One line naming the keys and what to
+        do instead. Checkpoints that recorded no config are compared by their model alone."""
+        saved = meta.get("config")
+        if not saved:
+            return
+        now = json.loads(self.cfg.to_json_best_effort())
+        differing = run_key_differences(saved, now)
+        if not differing:
+            return
+        out = shown_path(self.out_dir)
+        listed = ", ".join(f"{key} {a!r} -> {b!r}" for key, a, b in differing[:4])
+        more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+        raise TrainingError(f"{out}: its checkpoint at step {step} was trained with other settings ({listed}{more}); "
+                            f"to train afresh use a new --config.out_dir, to fine-tune from it add "
+                            f"--config.init_from={out} with a new --config.out_dir")
 
     def check_param_shapes(self, params_dir) -> None:
         """Raise TrainingError if a checkpoint's parameters (its metadata says their shapes; no
@@ -276,7 +339,7 @@ def lock_out_dir(out: pathlib.Path):
         lock.seek(0)
         holder = lock.read().strip() or "unknown"
         lock.close()
-        raise TrainingError(f"out_dir={str(out)!r} is in use by another train.py (PID {holder}); wait for it "
+        raise TrainingError(f"out_dir={shown_path(out)!r} is in use by another train.py (PID {holder}); wait for it "
                             "to finish or use another out_dir") from None
     lock.seek(0)
     lock.truncate()
@@ -291,9 +354,9 @@ def check_writable(out: pathlib.Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise TrainingError(f"out_dir={str(out)!r} is not writable ({existing} is not a directory)")
+        raise TrainingError(f"out_dir={shown_path(out)!r} is not writable ({existing} is not a directory)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"out_dir={str(out)!r} is not writable (permission denied on {existing})")
+        raise TrainingError(f"out_dir={shown_path(out)!r} is not writable (permission denied on {existing})")
 
 
 def log_line(path: pathlib.Path, record: dict) -> None:

@@ -14,6 +14,7 @@ from microrwkv_jax.config import DTYPES
 from microrwkv_jax.data.prepare import check_source_config
 from microrwkv_jax.data.tokenizers import TOKENIZERS, is_tokenizer_file, tokenizer_vocab_size
 from microrwkv_jax.families import model_config_from
+from microrwkv_jax.paths import user_path, user_pattern
 from microrwkv_jax.sharding import MESH_AXES
 
 # Every key a run reads unconditionally (`compilation_cache`, `distributed`, `keep_checkpoints`,
@@ -74,3 +75,23 @@ def validate_config(cfg) -> None:
     if param_dtype != "float32" and not (cfg.eval_only and cfg.init_from != "scratch"):
         raise ValueError(f"param_dtype={param_dtype!r}: only an evaluation of a checkpoint (eval_only=True, init_from "
                          "set) keeps lower-precision parameters; training keeps them float32")
+
+
+def with_absolute_paths(cfg):
+    """A copy of `cfg` whose paths (out_dir, init_from, a dataset path or glob, a tokenizer file,
+    data.cache_dir, data.tfds_data_dir) are absolute, resolved against the working directory now:
+    what the run records in its checkpoints and hands to orbax, which has rules of its own about
+    relative paths. Built-in names (`scratch`, `stories`, `tfds:NAME`, `byte`, `gpt2`) stay as they are."""
+    cfg = cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.out_dir = str(user_path(cfg.out_dir))
+        if cfg.init_from != "scratch":
+            cfg.init_from = str(user_path(cfg.init_from))
+        if cfg.dataset != "stories" and not cfg.dataset.startswith("tfds:"):
+            cfg.dataset = user_pattern(cfg.dataset)
+        if is_tokenizer_file(cfg.tokenizer):
+            cfg.tokenizer = str(user_path(cfg.tokenizer))
+        cfg.data.cache_dir = str(user_path(cfg.data.cache_dir))
+        if cfg.data.get("tfds_data_dir"):
+            cfg.data.tfds_data_dir = str(user_path(cfg.data.tfds_data_dir))
+    return cfg
