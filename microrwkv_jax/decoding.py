@@ -4,8 +4,8 @@ The prompt (but its last token) is prefilled in parallel (chunked WKV, attention
 prompt) into a decoding state, then one compiled loop feeds a token, samples the next and feeds
 it back, up to `block` tokens per device call.
 Per-token work happens on the device; the host only streams each finished block. The prompt
-is fed in pieces of PIECE_SIZES tokens, every size a branch of one compiled program, and the
-sampling options are traced values, so neither a new prompt length nor new options recompile
+is fed in whole pieces of PREFILL_PIECE tokens in parallel and its rest one token at a time inside
+the decoding loop (a traced count), and the sampling options are traced values, so neither a new prompt length nor new options recompile
 (caches start with room for the model's context, so prompts up to `block_size` share one state
 shape). A model only needs `init_state(batch, max_len)`, `forward(tokens, state)`,
 `features(tokens, state)`, `output_embedding()` (the head's matrix) and `config.vocab_size`.
@@ -24,7 +24,6 @@ from flax import nnx
 from microrwkv_jax.layers.output_head import tied_logits
 
 PREFILL_PIECE = 64     # largest prompt piece prefilled in one parallel call
-PIECE_SIZES = (PREFILL_PIECE, 16, 4, 1)   # the prompt piece sizes: branches of one compiled program
 PRESIZED_CONTEXT = 4096     # caches start with room for the model's context up to this many tokens
 MIN_CAPACITY = 256     # global-attention caches grow in powers of two from here
 # XLA's copy insertion, told to analyse loop bodies region by region, sees that a token's attention
@@ -80,37 +79,59 @@ def cache_capacity(total_len: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def prefill_piece(graphdef, params, state, tokens, size_index):
-    """Feed the first PIECE_SIZES[size_index] tokens of `tokens` [B, PREFILL_PIECE] into the state,
-    in parallel; returns (the last fed position's logits [B, V], state). Every piece size is a
-    branch of this one program (`size_index` is traced), so one compilation serves every prompt
-    length. Only the last position's logits are needed, so the head (the widest product) runs on
-    it alone."""
+def prefill_piece(graphdef, params, state, tokens):
+    """Feed tokens [B, PREFILL_PIECE] into the state in parallel; returns (the last position's
+    logits [B, V], state). Only the last position's logits are needed, so the head (the widest
+    product) runs on it alone."""
     model = nnx.merge(graphdef, params)
+    x, state, _ = model.features(tokens, state)
+    return tied_logits(x[:, -1:], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
-    def piece(size):
-        def feed(state):
-            x, state, _ = model.features(tokens[:, :size], state)
-            return x[:, -1], state
-        return feed
 
-    x, state = jax.lax.switch(size_index, [piece(size) for size in PIECE_SIZES], state)
+def feed_serially(model, state, tokens, count):
+    """Feed the first `count` (traced) tokens of `tokens` [B, PREFILL_PIECE] one at a time; returns
+    (the features [B, C] of the last one fed, state). A prompt's last < PREFILL_PIECE tokens go
+    this way, inside a compiled loop, so that no prompt length compiles a program of its own."""
+    def step(i, carry):
+        state, _ = carry
+        x, state, _ = model.features(jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1), state)
+        return state, x[:, 0]
+
+    x_shape = jax.eval_shape(lambda state: model.features(tokens[:, :1], state)[0], state)    # [B, 1, C]
+    x0 = jnp.zeros((x_shape.shape[0], *x_shape.shape[2:]), x_shape.dtype)
+    state, x = jax.lax.fori_loop(0, count, step, (state, x0))
+    return x, state
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def feed_piece(graphdef, params, state, tokens, count):
+    """`feed_serially` as a program of its own: (the logits [B, V] after the last token fed, state)."""
+    model = nnx.merge(graphdef, params)
+    x, state = feed_serially(model, state, tokens, count)
     return tied_logits(x[:, None], model.output_embedding(), model.config.vocab_size)[:, 0], state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(2,), compiler_options=DECODE_COMPILER_OPTIONS)
-def decode_block(graphdef, params, state, token, done, steps, block, temperature, top_k, top_p, seed, stop_token):
-    """Feed `token` [B] (the newest token, not yet in `state`), then sample `steps` tokens, feeding
-    each back but the last. Returns (tokens [B, block] whose first `steps` columns are the samples,
-    state, the last sample [B] (not yet fed), done [B]).
+@functools.partial(jax.jit, static_argnums=(0, 8), donate_argnums=(2,), compiler_options=DECODE_COMPILER_OPTIONS)
+def decode_block(graphdef, params, state, forced, n_forced, token, done, steps, block, temperature, top_k, top_p,
+                 seed, stop_token):
+    """Feed the first `n_forced` tokens of `forced` [B, PREFILL_PIECE] (a piece of the prompt: all
+    of it in parallel, or fewer one at a time; 0 when the prompt is in), then, if `steps` > 0,
+    `token` [B] (the newest token, not yet in `state`), then sample `steps` tokens, feeding each
+    back but the last. Returns (tokens [B, block] whose first `steps` columns are the samples,
+    state, the last sample [B] (not yet fed; `token` when steps is 0), done [B]).
 
-    `steps` (1 <= steps <= block) is a traced loop bound, so the first token (alone, to stream at
-    once) and every later block share one compiled function; so are the sampling options
-    (`sampling_options`) and the seed, so that no option recompiles. `state` is donated: the loop updates
-    the caches in place instead of first copying them (a copy of a 1.6 GB cache per call is 100 MB
-    per token at 16 tokens per call); use the returned one."""
+    `n_forced` and `steps` (0 <= steps <= block) are traced, so the prompt's pieces, the first
+    token (alone, to stream at once) and every later block share one compiled function; so are
+    the sampling options (`sampling_options`) and the seed, so that no prompt length or option
+    recompiles. `state` is donated: the loop updates the caches in place instead
+    of first copying them (a copy of a 1.6 GB cache per call is 100 MB per token at 16 tokens per
+    call); use the returned one."""
     model = nnx.merge(graphdef, params)
     batch = token.shape[0]
+    # A whole piece of the prompt in parallel, or its rest one token at a time: both are branches
+    # of this one program, so that generation compiles nothing else, whatever the prompt.
+    state = jax.lax.cond(n_forced == forced.shape[1], lambda state: model.features(forced, state)[1],
+                         lambda state: feed_serially(model, state, forced, n_forced)[1], state)
 
     def step(i, carry):
         state, token, done, tokens = carry
@@ -135,26 +156,27 @@ def grow_state(model, state, batch: int, capacity: int):
     return jax.tree.map(grow, state, model.init_state(batch, capacity))
 
 
-def prefill_pieces(length: int) -> list:
-    """Split a prompt into pieces of PIECE_SIZES, largest first: 77 -> [64, 4, 4, 4, 1].
-    Each piece runs in parallel (chunked WKV, attention over the piece), and all the sizes are
-    branches of one compiled program (`prefill_piece`), whatever the prompt length."""
-    pieces = []
-    for size in PIECE_SIZES:
-        pieces += [size] * (length // size)
-        length %= size
-    return pieces
+def split_prompt(prompt):
+    """(the whole PREFILL_PIECE-token pieces of a prompt [B, T], fed in parallel; the rest, fewer
+    than PREFILL_PIECE tokens, padded to [B, PREFILL_PIECE]; how many of it are real)."""
+    prompt = np.asarray(prompt, np.int32)
+    whole = prompt.shape[1] // PREFILL_PIECE * PREFILL_PIECE
+    rest = np.zeros((prompt.shape[0], PREFILL_PIECE), np.int32)
+    rest[:, :prompt.shape[1] - whole] = prompt[:, whole:]
+    pieces = [prompt[:, i:i + PREFILL_PIECE] for i in range(0, whole, PREFILL_PIECE)]
+    return pieces, rest, np.int32(prompt.shape[1] - whole)
 
 
 def prefill_graph(graphdef, params, state, prompt):
-    """Run the prompt [B, T] through the model; returns (last position's logits, state)."""
-    prompt = np.asarray(prompt, np.int32)
-    start = 0
-    for size in prefill_pieces(prompt.shape[1]):
-        tokens = np.zeros((prompt.shape[0], PREFILL_PIECE), np.int32)
-        tokens[:, :size] = prompt[:, start:start + size]
-        last, state = prefill_piece(graphdef, params, state, tokens, np.int32(PIECE_SIZES.index(size)))
-        start += size
+    """Run the prompt [B, T] through the model; returns (last position's logits, state): its whole
+    pieces of PREFILL_PIECE tokens in parallel, the rest one token at a time in one compiled loop
+    (two programs whatever the length)."""
+    pieces, rest, count = split_prompt(prompt)
+    last = None
+    for piece in pieces:
+        last, state = prefill_piece(graphdef, params, state, jnp.asarray(piece))
+    if count:
+        last, state = feed_piece(graphdef, params, state, rest, count)
     return last, state
 
 
@@ -183,14 +205,17 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
     b, t = prompt.shape
     capacity = initial_capacity(model, t, block)    # grown as generation goes, never sized for the worst case
     state = model.init_state(b, capacity)
-    # The prompt's last token is fed by the first decode call (a one-token prompt, the usual
-    # start from end-of-text, needs no prefill); the rest is prefilled in parallel.
-    if t > 1:
-        _, state = prefill_graph(graphdef, params, state, prompt[:, :-1])
+    # The prompt but its last token: whole pieces of PREFILL_PIECE tokens in parallel, the rest
+    # (fewer) one at a time inside the first sampling call, which then feeds the last token and
+    # samples: all through the one decoding program, so no prompt length compiles one of its own.
     token = jnp.asarray(prompt[:, -1])
     done = jnp.zeros((b,), bool)
     stop = -1 if stop_token is None else int(stop_token)
     options = sampling_options(temperature, top_k, top_p)
+    pieces, forced, n_forced = split_prompt(prompt[:, :-1])
+    for piece in pieces:
+        _, state, _, _ = decode_block(graphdef, params, state, piece, np.int32(PREFILL_PIECE), token, done,
+                                      np.int32(0), block, *options, np.int32(seed), np.int32(stop))
     out = []
     produced = 0
     while produced < max_new_tokens:
@@ -199,8 +224,9 @@ def generate_recurrent(model, prompt, max_new_tokens: int, temperature: float, t
         if t + produced + steps > capacity:
             capacity = cache_capacity(t + produced + steps)
             state = grow_state(model, state, b, capacity)
-        tokens, state, token, done = decode_block(graphdef, params, state, token, done, np.int32(steps), block,
-                                                  *options, np.int32(seed), np.int32(stop))
+        tokens, state, token, done = decode_block(graphdef, params, state, forced, n_forced, token, done,
+                                                  np.int32(steps), block, *options, np.int32(seed), np.int32(stop))
+        n_forced = np.int32(0)
         tokens = np.asarray(tokens)[:, :steps]
         produced += steps
         out.append(tokens)

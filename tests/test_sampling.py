@@ -34,8 +34,7 @@ def step_forward(model, x, state):
 @pytest.mark.parametrize("family", ["hybrid", "rwkv", "gpt"])
 def test_parallel_prefill_leaves_the_state_of_token_by_token_decoding(family):
     model = make(family, gqa_window=None if family != "hybrid" else 12)
-    prompt = prompt_tokens(0, 2, 77)      # parallel pieces of 64, 8, 4 and 1 tokens
-    assert decoding.prefill_pieces(77) == [64, 4, 4, 4, 1]
+    prompt = prompt_tokens(0, 2, 77)      # a parallel piece of 64 tokens, then 13 one at a time
     logits, state = decoding.prefill(model, prompt, max_len=100)
     ref_state = model.init_state(2, decoding.cache_capacity(100))
     for i in range(77):
@@ -46,6 +45,24 @@ def test_parallel_prefill_leaves_the_state_of_token_by_token_decoding(family):
         assert a.shape == b.shape
         if a.size and np.any(np.asarray(b)):
             assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("length", [2, 40, 64, 65, 66, 129])
+def test_generation_after_any_prompt_length_equals_token_by_token_decoding(length):
+    """generate() feeds a prompt's whole 64-token pieces in parallel and its rest inside the
+    decoding loop: its greedy tokens equal feeding every token one at a time."""
+    model = make("hybrid", gqa_window=None)
+    prompt = prompt_tokens(9, 2, length)
+    new = sampling.generate(model, prompt, 12, temperature=0.0)
+    state = model.init_state(2, decoding.cache_capacity(length + 12))
+    for i in range(length):
+        logits, state, _ = step_forward(model, jnp.asarray(prompt[:, i:i + 1]), state)
+    expected = []
+    for _ in range(12):
+        token = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+        expected.append(np.asarray(token))
+        logits, state, _ = step_forward(model, token[:, None], state)
+    np.testing.assert_array_equal(new, np.stack(expected, axis=1))
 
 
 def test_greedy_is_deterministic_and_seeds_reproduce():
@@ -77,21 +94,21 @@ def test_new_prompt_lengths_and_options_do_not_recompile():
     and seeds are traced, and caches start with room for the model's context."""
     model = make("gpt", gqa_window=None, block_size=300)        # a global-attention cache, a shape of its own
     sampling.generate(model, prompt_tokens(3, 1, 2), 20, temperature=0.0)
-    sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size())
+    sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size(), decoding.feed_piece._cache_size())
     for length, options in [(1, dict(temperature=1.0)), (3, dict(temperature=0.7, top_k=5)),
                             (41, dict(temperature=1.3, top_p=0.9)), (130, dict(temperature=0.0, top_k=2)),
                             (199, dict(temperature=0.5, top_k=50, top_p=0.5)), (300, dict(temperature=0.9))]:
         sampling.generate(model, prompt_tokens(4, 1, length), 20, seed=length, **options)
-    assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size()) == sizes
+    assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size(), decoding.feed_piece._cache_size()) == sizes
 
 
 def test_a_one_token_prompt_compiles_one_function():
     """From end-of-text (sample.py's default, story sampling), nothing is prefilled, and the first
     token (streamed alone) and the later blocks share one compiled loop."""
     model = make("rwkv", n_embd=48)          # a shape no other test compiles
-    sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size())
+    sizes = (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size(), decoding.feed_piece._cache_size())
     sampling.generate(model, prompt_tokens(6, 2, 1), 40, temperature=1.0)
-    assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size()) == (sizes[0] + 1, sizes[1])
+    assert (decoding.decode_block._cache_size(), decoding.prefill_piece._cache_size(), decoding.feed_piece._cache_size()) == (sizes[0] + 1, *sizes[1:])
 
 
 def test_stop_token_ends_rows_and_pads():
@@ -173,7 +190,8 @@ def test_cli_published_generate_aliases(model_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--ckpt", "/nonexistent/ckpt"], "/nonexistent/ckpt: no such checkpoint (train one with train.py, or pass --ckpt)"),
+    (["--ckpt", "/nonexistent/ckpt"], "/nonexistent/ckpt: no such checkpoint"),
+    (["--out_dir", "/nonexistent/out"], "/nonexistent/out: no such checkpoint (train one with train.py, or pass --ckpt)"),
     (["--max_new_tokens", "0"], "--max_new_tokens=0: must be >= 1"),
     (["--temperature", "nan"], "--temperature=nan: must be a finite number"),
     (["--temperature", "inf"], "--temperature=inf: must be a finite number"),
