@@ -20,6 +20,7 @@ runs the GPU half in one go.
 """
 
 import os
+import sys
 
 from absl import app, logging
 
@@ -45,4 +46,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:     # (absl's --help exits 1)
+        print(__doc__.strip() + "\n\nflags:\n" + "\n".join(
+            FLAGS.module_help(module).strip() for module in sorted(FLAGS.flags_by_module_dict())
+            if module.startswith("benchmarks")))
+        sys.exit(0)
     app.run(main)

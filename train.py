@@ -12,7 +12,6 @@ import time
 STARTED = time.time()     # the command's start, for the time to the first training step
 
 import difflib  # noqa: E402
-import importlib.util  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -40,11 +39,9 @@ def config_path(argv) -> str:
 
 def unknown_override(argv) -> str:
     """The first --config.PATH=VALUE whose PATH the config file lacks, and the nearest key it has."""
+    from microrwkv_jax.training.train_config import load_config_file
     path = config_path(argv)
-    spec = importlib.util.spec_from_file_location("train_config_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = load_config_file(path)
     for arg in argv:
         if not arg.startswith("--config.") or "=" not in arg:
             continue
@@ -60,9 +57,13 @@ def unknown_override(argv) -> str:
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with every failure turned into one line."""
+    """absl's flag parsing, with every failure turned into one line; --help lists the config's keys."""
     if not os.path.isfile(config_path(argv)):
         fail(f"--config={config_path(argv)}: no such file")
+    if "--help" in argv[1:] or "-h" in argv[1:]:
+        from microrwkv_jax.training.train_config import config_help
+        print(__doc__.strip() + "\n\n" + config_help(config_path(argv)))
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:
@@ -86,7 +87,7 @@ def main(argv):
             from microrwkv_jax.compilation_cache import enable_compilation_cache
             enable_compilation_cache()
         training.initialize_distributed(cfg)
-        training.train(cfg, started=STARTED)
+        training.train(cfg, started=STARTED, config_file=config_path(sys.argv))
     except (ValueError, OSError, training.TrainingError) as err:
         fail(str(err).splitlines()[0])
     except RuntimeError as err:      # jax's XlaRuntimeError: out of device memory, above all

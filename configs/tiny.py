@@ -10,7 +10,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """Every key a config has; the other configs start from this and change what differs."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0                        # parameters' initialisation and every training batch (batch s of seed)
     c.out_dir = "out"                 # the run directory: checkpoints/, metrics.jsonl
     c.init_from = "scratch"           # or a checkpoint: a model dir, a run dir or a published .pth
     c.eval_only = False               # True: score the checkpoint on the held-out data, train nothing
@@ -20,10 +20,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1            # micro-batches per step (each batch_size / grad_accum_steps rows)
     c.learning_rate = 5e-3            # AdamW peak, after a linear warmup (3e-3 ended 3% higher here)
     c.min_learning_rate = 3e-4        # the end of the cosine decay
-    c.warmup_steps = 30
+    c.warmup_steps = 30               # steps of linear warmup to learning_rate
     c.weight_decay = 0.1              # on the matrices of linear maps only
-    c.beta1 = 0.9
-    c.beta2 = 0.99
+    c.beta1 = 0.9                     # AdamW's first-moment decay
+    c.beta2 = 0.99                    # AdamW's second-moment decay
     c.grad_clip = 1.0                 # global gradient-norm clipping
     c.moe_aux_weight = 0.01           # weight of the MoE load-balancing loss
     # Logits alive at a time in the fused head loss (None: 2^23 on CPU, 2^28 on GPU).
@@ -58,16 +58,30 @@ def base_config() -> ml_collections.ConfigDict:
     # parameter and its optimizer state split too (a model larger than one device). tensor: heads
     # and hidden units split. The default is plain data parallelism over every device.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.distributed = ml_collections.ConfigDict(dict(
-        coordinator_address=ml_collections.FieldReference(None, field_type=str),
-        num_processes=ml_collections.FieldReference(None, field_type=int),
-        process_id=ml_collections.FieldReference(None, field_type=int)))
-    c.model = ml_collections.ConfigDict(dict(
-        family="hybrid", layers=ml_collections.FieldReference(None, field_type=tuple),
-        vocab_size=ml_collections.FieldReference(None, field_type=int),
-        block_size=384, n_layer=4, n_embd=128, n_head=4, n_kv_head=1, swa_window=64,
-        gqa_window=ml_collections.FieldReference(None, field_type=int), num_experts=4, num_active_experts=2,
-        expert_dim=128, mlp_ratio=4, bias=False, chunk_size=32, rope_base=10000.0, dtype="auto"))
+    # Multi-host training (jax.distributed; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)   # HOST:PORT of process 0
+    c.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)   # processes in the job
+    c.distributed.process_id = ml_collections.FieldReference(None, field_type=int)      # this process, 0 .. N-1
+    c.model = ml_collections.ConfigDict()
+    c.model.family = "hybrid"         # a preset of the registry: hybrid, rwkv, gpt (causal), published, gpt2, rwkv4
+    c.model.layers = ml_collections.FieldReference(None, field_type=tuple)   # the causal block's sub-layers (None: the preset's)
+    c.model.vocab_size = ml_collections.FieldReference(None, field_type=int)   # None: the tokenizer's, padded to 64
+    c.model.block_size = 384          # context length of training windows (tokens)
+    c.model.n_layer = 4               # blocks
+    c.model.n_embd = 128              # width C
+    c.model.n_head = 4                # heads of the WKV and of attention
+    c.model.n_kv_head = 1             # key/value heads of grouped-query attention
+    c.model.swa_window = 64           # tokens the sliding-window attention sees, itself included
+    c.model.gqa_window = ml_collections.FieldReference(None, field_type=int)   # GQA's window (None: global causal)
+    c.model.num_experts = 4           # MoE experts
+    c.model.num_active_experts = 2    # MoE top-k
+    c.model.expert_dim = 128          # hidden width of each expert
+    c.model.mlp_ratio = 4             # the GPT baseline's MLP width, a multiple of n_embd
+    c.model.bias = False              # biases on the RWKV linear layers and the final LayerNorm
+    c.model.chunk_size = 32           # tokens per chunk of the chunked WKV operator
+    c.model.rope_base = 10000.0       # rotary embedding base of the attention layers
+    c.model.dtype = "auto"            # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
     return c
 
 

@@ -39,9 +39,10 @@ def story_rate_text(rate, samples: int) -> str:
     return "" if rate is None else f"  valid stories {round(rate * samples)}/{samples} ({rate:.0%})"
 
 
-def train(cfg, started: Optional[float] = None) -> dict:
+def train(cfg, started: Optional[float] = None, config_file: Optional[str] = None) -> dict:
     """Train (or with eval_only, evaluate) as `cfg` says, holding out_dir's lock. Returns the last
-    metrics. `started`: `time.time()` when the command started, for its time to the first step."""
+    metrics. `started`: `time.time()` when the command started, for its time to the first step;
+    `config_file`: the config's file, named in the run's log and plot."""
     started = time.time() if started is None else started
     cfg = with_absolute_paths(cfg)      # the run records, and orbax sees, absolute paths only
     out = pathlib.Path(cfg.out_dir)
@@ -50,13 +51,13 @@ def train(cfg, started: Optional[float] = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_out_dir(out)
     try:
-        return _train_holding_lock(cfg, run, out, started)
+        return _train_holding_lock(cfg, run, out, started, config_file)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dict:
+def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config_file: Optional[str]) -> dict:
     from tqdm import tqdm
 
     manager = run_checkpoint_manager(out, keep=cfg.get("keep_checkpoints", 3))
@@ -106,6 +107,14 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float) -> dic
         manager.close()
         return record
 
+    # What the run is, for the log and the plot's title.
+    log_line(metrics_path, {"event": "run", "config_file": config_file, "step": run.step,
+                            "model": get_family(run.model_config.arch).describe(run.model_config),
+                            "n_layer": run.model_config.n_layer, "n_embd": run.model_config.n_embd,
+                            "parameters": n_params, "dataset": shown_path(cfg.dataset) if cfg.dataset != "stories"
+                            and not cfg.dataset.startswith("tfds:") else cfg.dataset, "tokenizer": info["tokenizer"],
+                            "batch_size": cfg.batch_size, "block_size": run.model_config.block_size,
+                            "num_train_steps": cfg.num_train_steps})
     tokens_per_step = cfg.batch_size * run.model_config.block_size
     bar = tqdm(total=cfg.num_train_steps, initial=run.step, disable=not run.progress, unit="step", dynamic_ncols=True)
     last, t_last, steps_since = {}, time.perf_counter(), 0

@@ -7,8 +7,13 @@ one-line error naming it, before JAX starts or anything is written.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import io
 import math
 import os
+import pathlib
+import tokenize
 
 from microrwkv_jax.config import DTYPES
 from microrwkv_jax.data.prepare import check_source_config
@@ -95,3 +100,71 @@ def with_absolute_paths(cfg):
         if cfg.data.get("tfds_data_dir"):
             cfg.data.tfds_data_dir = str(user_path(cfg.data.tfds_data_dir))
     return cfg
+
+
+# --- The config as the user sees it: train.py --help ------------------------------------------------
+
+def load_config_file(path: str):
+    """The ConfigDict that the config file `path`'s `get_config()` returns (run as train.py runs it)."""
+    spec = importlib.util.spec_from_file_location("train_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def config_comments(path: str) -> dict:
+    """{"data.cache_dir": its comment} from the assignments `c.KEY = ...` of a config file and of
+    the `configs.*` modules it imports (the file's own comments win): the comment at the end of
+    the line, or else the comment lines just above it."""
+    path = pathlib.Path(path)
+    comments = {}
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):           # the configs it builds on first, so that its own comments win
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("configs."):
+            base = path.parent / (node.module.split(".", 1)[1].replace(".", "/") + ".py")
+            if base.is_file() and base.resolve() != path.resolve():
+                comments.update(config_comments(str(base)))
+    lines = path.read_text().splitlines()
+    trailing = {tok.start[0]: tok.string.lstrip("#").strip()       # comments after code on their line
+                for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+                if tok.type == tokenize.COMMENT and tok.line[:tok.start[1]].strip()}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Attribute)):
+            continue
+        key = ast.unparse(node.targets[0]).split(".", 1)[-1]
+        comment = trailing.get(node.lineno)
+        if comment is None:             # the comment block just above the assignment
+            above, row = [], node.lineno - 1
+            while row >= 1 and lines[row - 1].lstrip().startswith("#"):
+                above.insert(0, lines[row - 1].lstrip().lstrip("#").strip())
+                row -= 1
+            comment = " ".join(above) or None
+        if comment:
+            comments[key] = comment
+    return comments
+
+
+def flat_items(cfg, prefix: str = "") -> list:
+    """[("data.cache_dir", value), ...] of a ConfigDict, in its order."""
+    items = []
+    for key, value in cfg.items():
+        if hasattr(value, "items"):
+            items += flat_items(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def config_help(path: str) -> str:
+    """Every key of the config file `path` with its default and its comment: what train.py --help lists."""
+    cfg, comments = load_config_file(path), config_comments(path)
+    rows, shown_groups = [], set()
+    for key, value in flat_items(cfg):
+        group = key.rsplit(".", 1)[0] if "." in key else None
+        if group and group not in shown_groups:
+            shown_groups.add(group)
+            if comments.get(group):
+                rows.append(f"  {group}.*: {comments[group]}")
+        comment = comments.get(key)
+        rows.append(f"  --config.{key}={value!r}" + (f"\n      {comment}" if comment else ""))
+    return f"config keys of {path} (override any with --config.KEY=VALUE):\n" + "\n".join(rows)
