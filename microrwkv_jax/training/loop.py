@@ -17,7 +17,7 @@ from microrwkv_jax.checkpoints import run_checkpoint_manager
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.families import get_family
 from microrwkv_jax.paths import shown_path
-from microrwkv_jax.training.run import Run, TrainingError, check_writable, lock_out_dir, log_line
+from microrwkv_jax.training.run import Run, TrainingError, check_resumable, check_writable, lock_out_dir, log_line
 from microrwkv_jax.training.train_config import with_absolute_paths
 
 
@@ -47,6 +47,7 @@ def train(cfg, started: Optional[float] = None, config_file: Optional[str] = Non
     cfg = with_absolute_paths(cfg)      # the run records, and orbax sees, absolute paths only
     out = pathlib.Path(cfg.out_dir)
     check_writable(out)
+    check_resumable(cfg)    # a rerun with other settings is refused before any work
     run = Run(cfg)          # data and model first: bad input fails before out_dir is created
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_out_dir(out)

@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from microrwkv_jax import sharding
-from microrwkv_jax.checkpoints import (CorruptCheckpointError, ParamCodec, materialise_params, stored_array_metadata,
-                                      tree_checksums, unreadable, verify_checksums)
+from microrwkv_jax.checkpoints import (CorruptCheckpointError, ParamCodec, materialise_params, run_checkpoint_manager,
+                                      stored_array_metadata, tree_checksums, unreadable, verify_checksums)
 from microrwkv_jax.config import resolve_dtype
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.data.tokenizers import TOKENIZERS, get_tokenizer
@@ -217,7 +217,7 @@ class Run:
         except Exception as err:     # orbax raises many types for missing or truncated files
             raise unreadable(where, err) from None
         if not self.cfg.eval_only:      # (an evaluation may score a checkpoint on other data)
-            self.check_same_run(meta, step)
+            check_same_run(self.cfg, meta, step)
         if meta["model"] != self.model_config.to_dict():
             raise TrainingError(f"{shown_path(self.out_dir)}: its checkpoint is of another model config; "
                                 "use another out_dir or the same config")
@@ -240,25 +240,6 @@ class Run:
         if self.opt_state is not None:
             self.opt_state = restored.opt_state
         self.step = int(meta["step"])
-
-    def check_same_run(self, meta: dict, step: int) -> None:
-        """Refuse to resume a checkpoint trained with another dataset, tokenizer, data settings,
-        model, batch, seed or starting point (RUN_KEYS): continuing its optimizer state on other
-        data or another model would silently be another run. One line naming the keys and what to
-        do instead. Checkpoints that recorded no config are compared by their model alone."""
-        saved = meta.get("config")
-        if not saved:
-            return
-        now = json.loads(self.cfg.to_json_best_effort())
-        differing = run_key_differences(saved, now)
-        if not differing:
-            return
-        out = shown_path(self.out_dir)
-        listed = ", ".join(f"{key} {a!r} -> {b!r}" for key, a, b in differing[:4])
-        more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
-        raise TrainingError(f"{out}: its checkpoint at step {step} was trained with other settings ({listed}{more}); "
-                            f"to train afresh use a new --config.out_dir, to fine-tune from it add "
-                            f"--config.init_from={out} with a new --config.out_dir")
 
     def check_param_shapes(self, params_dir) -> None:
         """Raise TrainingError if a checkpoint's parameters (its metadata says their shapes; no
@@ -296,6 +277,45 @@ class Run:
                 manager.reload()
                 say(f"warning: {err}; moved it to {aside.name} and trying the previous checkpoint")
         return None
+
+
+def check_same_run(cfg, meta: dict, step: int) -> None:
+    """Refuse to resume a checkpoint trained with another dataset, tokenizer, data settings,
+    model, batch, seed or starting point (RUN_KEYS): continuing its optimizer state on other
+    data or another model would silently be another run. One line naming the keys and what to
+    do instead. Checkpoints that recorded no config are compared by their model alone."""
+    saved = meta.get("config")
+    if not saved:
+        return
+    differing = run_key_differences(saved, json.loads(cfg.to_json_best_effort()))
+    if not differing:
+        return
+    out = shown_path(cfg.out_dir)
+    listed = ", ".join(f"{key} {a!r} -> {b!r}" for key, a, b in differing[:4])
+    more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+    raise TrainingError(f"{out}: its checkpoint at step {step} was trained with other settings ({listed}{more}); "
+                        f"to train afresh use a new --config.out_dir, to fine-tune from it add "
+                        f"--config.init_from={out} with a new --config.out_dir")
+
+
+def check_resumable(cfg) -> None:
+    """Before any data or model work: refuse a training run whose out_dir's newest checkpoint was
+    trained with other settings (`check_same_run`). An unreadable newest checkpoint is left to
+    the resume, which moves it aside."""
+    out = pathlib.Path(cfg.out_dir)
+    if cfg.eval_only or not (out / "checkpoints").is_dir():
+        return
+    manager = run_checkpoint_manager(out, read_only=True)
+    step = manager.latest_step()
+    if step is None:
+        return
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception:      # unreadable: the resume reports it and moves it aside
+        return
+    finally:
+        manager.close()
+    check_same_run(cfg, meta, step)
 
 
 def device_memory_bytes() -> Optional[int]:

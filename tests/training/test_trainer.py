@@ -64,7 +64,8 @@ def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     assert [m["step"] for m in train] == [1, 2, 3, 4]
     assert all(np.isfinite(m["loss"]) for m in train) and train[-1]["loss"] < train[0]["loss"]
     assert [m["step"] for m in val] == [2, 4] and val[0]["entropy_floor"] > 0
-    assert "entropy floor of the held-out stories" in done.stderr
+    assert "entropy floor: " in done.stderr and "on the eval set (" in done.stderr \
+        and " on all 20 held-out stories (scored at the end)" in done.stderr
     # The valid-story rate at every evaluation, for the families that sample recurrently.
     rates = [m["valid_story_rate"] for m in val]
     if config == "configs/microrwkv_ref.py":
@@ -78,7 +79,7 @@ def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     (first,) = events(out, "first_step")
     assert 0 < first["seconds_from_start"] < 600
     summary = done.stderr[done.stderr.index("done: 4 steps in "):]
-    assert f"validation loss {final['val_loss']:.4f} nats/token on 20 held-out documents, entropy floor " in summary
+    assert f"validation loss {final['val_loss']:.4f} nats/token on all 20 held-out documents, entropy floor " in summary
     assert f"checkpoint: {out / 'checkpoints' / '4'}" in summary and (out / "loss.png").stat().st_size > 0
     assert summary.rstrip().endswith(f'next: python sample.py --out_dir {out} --prompt "One day"')
     params, meta = final_params(out)
@@ -277,6 +278,56 @@ def test_eval_only_reports_validation_loss(tmp_path):
     line = [l for l in done.stderr.splitlines() if l.startswith("eval: val_loss")][0]
     _, val = metrics(out)
     assert f"val_loss {val[-1]['val_loss']:.4f}" in line and "unigram" in line and "bigram" in line
+
+
+def test_a_rerun_with_other_settings_is_refused_and_a_complete_run_says_so(tmp_path):
+    out = tmp_path / "run"
+    first = train_cli(out)
+    records = len((out / "metrics.jsonl").read_text().splitlines())
+    text = tmp_path / "other.txt"
+    text.write_text("Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.\n\n" * 60)
+    for flags, named in [(["--config.batch_size=2"], "batch_size 4 -> 2"),
+                         ([f"--config.dataset={text}"], f"dataset 'stories' -> '{text}'"),
+                         (["--config.model.n_layer=3"], "model.n_layer 2 -> 3"),
+                         (["--config.seed=1", "--config.tokenizer=byte"], "seed 0 -> 1")]:
+        done = train_cli(out, *flags, check=False)
+        assert done.returncode == 1, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"train.py: error: {out}: its checkpoint at step 4 was trained with other settings (") \
+            and named in last and last.endswith(f"to train afresh use a new --config.out_dir, to fine-tune from it "
+                                                f"add --config.init_from={out} with a new --config.out_dir"), last
+    # The same command again: the run is complete, says so and prints its summary; nothing trains.
+    again = train_cli(out)
+    assert f"{out}: this run is complete (step 4 of num_train_steps=4)" in again.stderr
+    assert again.stderr[again.stderr.index("\ndone: "):] .count("next: python sample.py") == 1
+    assert first.stderr.strip().splitlines()[-4:] == again.stderr.strip().splitlines()[-4:]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == records + 1      # only the "run" record
+    # More steps continue the run.
+    more = train_cli(out, "--config.num_train_steps=6")
+    assert f"resumed from {out / 'checkpoints' / '4'} at step 4" in more.stderr and "done: 2 steps in " in more.stderr
+    # On a user's own text, the next: line suggests a prompt from it.
+    own = train_cli(tmp_path / "own", f"--config.dataset={text}", "--config.data.document_windows=False",
+                    "--config.model.block_size=64")
+    assert own.stderr.rstrip().endswith(f'next: python sample.py --out_dir {tmp_path / "own"} --prompt "Call me Ishmael."')
+
+
+def test_train_py_help_lists_every_config_key_with_its_default_and_comment():
+    done = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0
+    assert "--config.batch_size=8\n      global batch, split over devices and processes" in done.stdout
+    assert "--config.model.swa_window=64\n      tokens the sliding-window attention sees, itself included" in done.stdout
+    from microrwkv_jax.training.train_config import flat_items, load_config_file
+    keys = [key for key, _ in flat_items(load_config_file(str(REPO / "configs/tiny.py")))]
+    for key in keys:
+        assert f"  --config.{key}=" in done.stdout, key
+    # Every key of the base config is commented (its own comment or its group's).
+    lines = done.stdout.splitlines()
+    uncommented = [l.strip() for i, l in enumerate(lines) if l.startswith("  --config.")
+                   and not (i + 1 < len(lines) and lines[i + 1].startswith("      "))
+                   and not any(g.startswith(f"  {l.strip()[len('--config.'):].rsplit('.', 1)[0]}.*: ") for g in lines)]
+    assert uncommented == []
+    bench = subprocess.run([sys.executable, "bench.py", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert bench.returncode == 0 and "python bench.py startup" in bench.stdout and "--startup_steps" in bench.stdout
 
 
 # --- bad input --------------------------------------------------------------------------------
