@@ -145,12 +145,12 @@ def run(args) -> int:
 
     streamed, printed, t_first = [], [""], [None]
     stream = args.num_samples == 1
-    if stream and args.prompt:
-        sys.stdout.write(args.prompt)
 
     def on_tokens(tokens):
         if t_first[0] is None:
             t_first[0] = time.perf_counter()
+            if stream:       # (the prompt is echoed once generation has begun: an error leaves stdout empty)
+                sys.stdout.write(args.prompt)
         if not stream:
             return
         streamed.extend(int(t) for t in tokens[0])

@@ -230,7 +230,7 @@ def summarise(run: Run, out: pathlib.Path, final: dict, say) -> None:
     say(f"  checkpoint: {shown_path(out / 'checkpoints' / str(final['step']))}")
     say(f"  loss curves: {shown_path(plot)}")
     shown = shown_path(out)
-    out_flag = "" if shown == "out" else f" --out_dir {shell_quote(shown)}"
+    out_flag = "" if shown == "out" else f" --out_dir {shlex.quote(shown)}"
     say(f"  next: python sample.py{out_flag} --prompt {shell_quote(suggested_prompt(run))}")
 
 

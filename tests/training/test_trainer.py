@@ -301,13 +301,12 @@ def test_a_rerun_with_other_settings_is_refused_and_a_complete_run_says_so(tmp_p
     assert f"{out}: this run is complete (step 4 of num_train_steps=4)" in again.stderr
     assert again.stderr[again.stderr.index("\ndone: "):] .count("next: python sample.py") == 1
     assert first.stderr.strip().splitlines()[-4:] == again.stderr.strip().splitlines()[-4:]
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == records + 1      # only the "run" record
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == records      # nothing trained, nothing logged
     # More steps continue the run.
     more = train_cli(out, "--config.num_train_steps=6")
     assert f"resumed from {out / 'checkpoints' / '4'} at step 4" in more.stderr and "done: 2 steps in " in more.stderr
     # On a user's own text, the next: line suggests a prompt from it.
-    own = train_cli(tmp_path / "own", f"--config.dataset={text}", "--config.data.document_windows=False",
-                    "--config.model.block_size=64")
+    own = train_cli(tmp_path / "own", f"--config.dataset={text}", "--config.data.document_windows=False")
     assert own.stderr.rstrip().endswith(f'next: python sample.py --out_dir {tmp_path / "own"} --prompt "Call me Ishmael."')
 
 
