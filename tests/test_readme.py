@@ -199,6 +199,9 @@ def test_every_readme_command_runs_as_written(tmp_path):
         if done.returncode != 0:
             failures.append(f"{command[:120]!r} exited {done.returncode}: {output.strip().splitlines()[-1:]}")
             continue
+        if "WARNING" in output:        # (orbax's absl warnings on reading a checkpoint say nothing to act on)
+            failures.append(f"{command[:120]!r} printed a warning: "
+                            f"{[l for l in output.splitlines() if 'WARNING' in l][:2]}")
         expected = next((pattern for key, pattern in PRINTS if kind == "bash" and key in command), None)
         if expected and not re.search(expected, output):
             failures.append(f"{command[:120]!r} did not print {expected!r}; it printed {output[-600:]!r}")
