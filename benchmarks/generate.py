@@ -60,11 +60,12 @@ def recurrent_ms_per_token(model, context: int, block: int, batch: int = 1) -> t
     token = jnp.zeros((batch,), jnp.int32)
     done = jnp.zeros((batch,), bool)
     carry = [state]
+    no_prompt = np.zeros((batch, decoding.PREFILL_PIECE), np.int32)      # (nothing of a prompt left to feed)
 
     def fn():
-        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], token, done, np.int32(block), block,
-                                                       *decoding.sampling_options(0.0, None, None), np.int32(0),
-                                                       np.int32(-1))
+        tokens, carry[0], _, _ = decoding.decode_block(graphdef, params, carry[0], no_prompt, np.int32(0), token, done,
+                                                       np.int32(block), block, *decoding.sampling_options(0.0, None, None),
+                                                       np.int32(0), np.int32(-1))
         tokens.block_until_ready()
 
     return timed(fn, FLAGS.warmup, FLAGS.steps) * 1e3 / block, size
