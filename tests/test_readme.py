@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -32,8 +33,9 @@ transformers = pytest.importorskip("transformers", reason="transformers is the t
 pytestmark = pytest.mark.slow
 
 # The shortening: appended to every train.py command that trains.
-SHORT_TRAINING = ["--config.num_train_steps=10", "--config.eval_every=10", "--config.valid_story_samples=2",
-                  "--config.eval_batches=1", "--config.log_every=5"]
+SHORT_TRAINING = ["--config.num_train_steps=4", "--config.eval_every=4", "--config.valid_story_samples=2",
+                  "--config.eval_batches=1", "--config.log_every=2"]
+SHORT_EVALUATION = ["--config.valid_story_samples=2"]       # appended to eval_only runs
 # Commands left out, with the reason (matched against the command as the README writes it).
 SKIPPED = {
     "pip install": "the install: CI's own .ci/run installs exactly so before this test",
@@ -115,6 +117,8 @@ def summary_pattern() -> str:
 def shortened(command: str) -> str:
     if command.startswith("python train.py") and "eval_only=True" not in command and "configs/eval_" not in command:
         return command + " " + " ".join(SHORT_TRAINING)
+    if command.startswith("python train.py"):
+        return command + " " + " ".join(SHORT_EVALUATION)
     if "story_samples" in command:
         return command + " --num_samples 2"
     if command.startswith("python sample.py") and "ckpt-500" in command:
@@ -193,7 +197,9 @@ def test_every_readme_command_runs_as_written(tmp_path):
             left_out.append(f"{text[:70]}: {reason}")
             continue
         command = shortened(text) if kind == "bash" else text
+        started = time.perf_counter()
         done = run_command(kind, command, root, env)
+        print(f"{time.perf_counter() - started:6.1f} s  {command[:100]}")     # (pytest -s shows where the time goes)
         ran += 1
         output = done.stdout + done.stderr
         if done.returncode != 0:
