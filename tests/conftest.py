@@ -18,3 +18,12 @@ def gpt2_bpe():
     if path is None:
         pytest.skip(f"GPT-2 BPE file not available: set {GPT2_BPE_VARIABLE} to tiktoken's r50k_base/gpt2 BPE file")
     return path
+
+
+# The longest single test (it runs every README command, about 6 minutes) goes first, so that it
+# runs beside the rest of the suite on the other worker instead of being its tail.
+LONGEST_FIRST = ("tests/test_readme.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
