@@ -61,9 +61,12 @@ def sample_logits(logits, keys, temperature, top_k, top_p):
         threshold = jnp.where(top_p < 1.0, cutoff, kth)
         return jnp.where(scaled < threshold, -jnp.inf, scaled)
 
-    scaled = jax.lax.cond((k < vocab) | (top_p < 1.0), restrict, lambda x: x, scaled)
-    drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-    return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    def draw(scaled):
+        scaled = jax.lax.cond((k < vocab) | (top_p < 1.0), restrict, lambda x: x, scaled)
+        return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+    # Greedy decoding draws nothing (a categorical draw over a 50k vocabulary costs per token).
+    return jax.lax.cond(temperature > 0, draw, lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), scaled)
 
 
 def row_keys(seed: int, batch: int, position):
