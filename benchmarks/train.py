@@ -67,7 +67,7 @@ def run() -> None:
     state = [params, opt_state]
 
     def run_step():
-        state[0], state[1], metrics = steps.train_step(state[0], state[1], batch)
+        state[0], state[1], metrics = steps.train_step(state[0], state[1], batch, np.float32(cfg.learning_rate))
         metrics["loss"].block_until_ready()
 
     seconds = timed(run_step, FLAGS.warmup, FLAGS.steps)

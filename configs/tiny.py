@@ -39,12 +39,19 @@ def base_config() -> ml_collections.ConfigDict:
     # or resumed run loads its compiled steps instead of compiling them again.
     c.compilation_cache = True
     c.tokenizer = "byte"              # byte, gpt2 or a tokenizer.json path
-    c.dataset = "stories"             # the built-in corpus, a path/glob of .txt/.jsonl, or tfds:NAME
+    c.dataset = "stories"             # the built-in corpus, a path/glob of .txt/.jsonl/.parquet, or tfds:NAME
     c.data = ml_collections.ConfigDict()
     c.data.num_train_stories = 40000  # built-in corpus: stories generated for training
     c.data.num_val_stories = 400      # built-in corpus: held-out stories (their entropy floor is exact)
     c.data.story_seed = 1234          # built-in corpus: the grammar's random seed
-    c.data.val_fraction = 0.02        # other sources: documents held out for validation
+    c.data.val_fraction = 0.02        # other sources: the part held out (a text's last 2%, or 1 document in 50)
+    # Local files: the held-out text or documents as their own path/glob (then nothing of `dataset`
+    # is held out), or None to hold out `val_fraction` of `dataset`.
+    c.data.val_dataset = ml_collections.FieldReference(None, field_type=str)
+    # .txt files: "stream" reads them as written, one continuous stream of bytes (blank lines, line
+    # ends, everything kept), held out by position; "eot" splits them into documents at each
+    # <|endoftext|>, "blank_lines" at each blank line (separators dropped, documents held out by index).
+    c.data.txt_split = "stream"
     c.data.text_field = "text"        # .jsonl and TFDS sources: the field holding the text
     c.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)   # TFDS: where it was prepared
     c.data.tfds_val_split = "validation"   # TFDS: the held-out split

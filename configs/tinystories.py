@@ -11,6 +11,7 @@ def get_config():
     c = base_config()
     c.tokenizer = "gpt2"
     c.dataset = "data/TinyStories-*.txt"     # TinyStoriesV2-GPT4-train.txt / -valid.txt style files
+    c.data.txt_split = "eot"                 # TinyStories' files separate stories by <|endoftext|>
     c.data.document_windows = False          # windows anywhere: no scan of the whole corpus for boundaries
     c.num_train_steps = 20000
     c.batch_size = 16

@@ -7,9 +7,12 @@ and prepares it itself on first use when none exists. A cache directory
 `{cache_dir}/{tokenizer}-{fingerprint}/` holds
 
     train.bin, val.bin                the token streams (uint16, or uint32 for a vocabulary over
-                                      65,536 tokens); each document is followed by end-of-text
-    train_starts.bin, val_starts.bin  int64: where each document starts in its stream
-    info.json                         sizes, dtype, the entropy floor of the built-in corpus
+                                      65,536 tokens); each document is followed by end-of-text; a
+                                      text stream (a .txt read as written) is its tokens alone
+    train_starts.bin, val_starts.bin  int64: where each document starts in its stream (a text
+                                      stream is one document)
+    info.json                         sizes (tokens, documents, bytes and characters of text),
+                                      dtype, the entropy floor of the built-in corpus
 
 How it stays bounded, parallel and safe:
   * Documents stream from the source (`sources`) in batches of about `piece_chars` characters.
@@ -48,21 +51,31 @@ import numpy as np
 
 from microrwkv_jax.data import sources, stories
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHECKPOINT_SECONDS = 2.0      # how often progress.json records the files' good length
 # Each file of a cache, with the progress counter that says how many of its items are good.
 STREAM_FILES = {"train.bin": "train_tokens", "val.bin": "val_tokens",
                 "train_starts.bin": "train_documents", "val_starts.bin": "val_documents"}
 # The data config's defaults for what decides a cache's contents (configs/tiny.py holds the same,
 # checked by tests/data/test_prepare.py), for the command line.
-DEFAULTS = dict(cache_dir="data_cache", val_fraction=0.02, text_field="text", tfds_data_dir=None,
-                tfds_val_split="validation", num_train_stories=40000, num_val_stories=400, story_seed=1234)
+DEFAULTS = dict(cache_dir="data_cache", val_fraction=0.02, val_dataset=None, txt_split="stream", text_field="text",
+                tfds_data_dir=None, tfds_val_split="validation", num_train_stories=40000, num_val_stories=400,
+                story_seed=1234)
 
 
-def check_source_config(data_cfg) -> None:
+def check_source_config(data_cfg, dataset: Optional[str] = None) -> None:
     """One-line errors for data settings no source can use (before any work)."""
     if not 0 < data_cfg.val_fraction < 1:
         raise ValueError(f"data.val_fraction={data_cfg.val_fraction!r}: must be between 0 and 1")
+    txt_split = data_cfg.get("txt_split", "stream")
+    if txt_split not in sources.TXT_SPLITS:
+        raise ValueError(f"data.txt_split={txt_split!r}: expected one of {', '.join(map(repr, sources.TXT_SPLITS))}")
+    val_dataset = data_cfg.get("val_dataset")
+    if val_dataset is not None and (not isinstance(val_dataset, str) or not val_dataset):
+        raise ValueError(f"data.val_dataset={val_dataset!r}: a path or glob of held-out files, or None")
+    if val_dataset and dataset is not None and (dataset == "stories" or dataset.startswith("tfds:")):
+        raise ValueError(f"data.val_dataset: only for a dataset of local files, not {dataset!r} (it has its own "
+                         "held-out part)")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -78,13 +91,14 @@ def fingerprint(dataset: str, data_cfg, tokenizer_name: str) -> str:
     elif dataset.startswith("tfds:"):
         keys = ("text_field", "tfds_data_dir", "tfds_val_split", "val_fraction")
     else:
-        keys = ("text_field", "val_fraction")
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, tokenizer_name, {k: data_cfg[k] for k in keys}],
+        keys = ("text_field", "val_fraction", "val_dataset", "txt_split")
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, tokenizer_name, {k: data_cfg.get(k) for k in keys}],
                                   sort_keys=True, default=str).encode())
     if dataset != "stories" and not dataset.startswith("tfds:"):
-        for path in sorted(glob.glob(os.path.expanduser(dataset), recursive=True)):
-            st = os.stat(path)
-            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for pattern in filter(None, (dataset, data_cfg.get("val_dataset"))):
+            for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+                st = os.stat(path)
+                h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
@@ -98,12 +112,33 @@ def is_complete(cache: pathlib.Path) -> bool:
 
 # --- Tokenising batches ---------------------------------------------------------------------------
 
-def encode_batch(tokenizer, batch, dtype) -> tuple:
-    """(tokens [n] of a batch's documents in order, each followed by end-of-text; their lengths)."""
-    tokens, lengths = tokenizer.encode_documents(sources.batch_documents(batch))
+def encode_batch(tokenizer, batch, dtype) -> dict:
+    """A batch tokenised, as its units (documents, or one piece of a text stream) in order:
+    tokens [n] (each document followed by end-of-text; a stream piece's tokens alone) and per
+    unit its tokens, bytes and characters of text, and whether a document starts with it."""
+    if isinstance(batch, sources.StreamPiece):
+        try:
+            tokens = np.asarray(tokenizer.encode_stream(batch.data), np.uint32)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"dataset: {batch.path}: not UTF-8 text (byte {batch.offset + err.start}); the byte "
+                             f"tokenizer reads any bytes") from None
+        data = np.frombuffer(batch.data, np.uint8)
+        unit = lambda value: np.asarray([value], np.int64)
+        encoded = dict(tokens=tokens, unit_tokens=unit(tokens.size), unit_bytes=unit(data.size),
+                       unit_chars=unit(int(np.count_nonzero(data & 0xC0 != 0x80))),
+                       unit_starts=np.asarray([batch.first]))
+    else:
+        documents = sources.batch_documents(batch)
+        tokens, lengths = tokenizer.encode_documents(documents)
+        encoded = dict(tokens=tokens, unit_tokens=lengths,
+                       unit_bytes=np.asarray([len(d.encode("utf-8")) for d in documents], np.int64),
+                       unit_chars=np.asarray([len(d) for d in documents], np.int64),
+                       unit_starts=np.ones(len(documents), bool))
+    tokens = encoded["tokens"]
     if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
         raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(tokens.max())} outside its vocabulary")
-    return tokens.astype(dtype, copy=False), lengths
+    encoded["tokens"] = tokens.astype(dtype, copy=False)
+    return encoded
 
 
 # --- The partial cache: files that grow batch by batch, and the record of how far they are good ----
@@ -111,19 +146,22 @@ def encode_batch(tokenizer, batch, dtype) -> tuple:
 class PartialCache:
     """`{cache}.partial/`: the token and start files, appended batch by batch, and progress.json."""
 
-    def __init__(self, directory: pathlib.Path, dtype):
+    def __init__(self, directory: pathlib.Path, dtype, piece_chars: int):
         self.directory, self.dtype = directory, np.dtype(dtype)
         directory.mkdir(parents=True, exist_ok=True)
         self.state = None
         try:
             self.state = json.loads((directory / "progress.json").read_text())
-            if not isinstance(self.state, dict) or self.state.get("dtype") != self.dtype.name:
+            # (text streams are resumed by pieces, which depend on the piece size)
+            if (not isinstance(self.state, dict) or self.state.get("dtype") != self.dtype.name
+                    or self.state.get("piece_chars") != piece_chars):
                 self.state = None
         except (OSError, ValueError):     # none yet, or unreadable: start over (the files are cut to 0)
             pass
         if self.state is None:
-            self.state = {"dtype": self.dtype.name, "documents": 0, "advanced": 0,
-                          "train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
+            self.state = {"dtype": self.dtype.name, "piece_chars": piece_chars, "units": 0, "advanced": 0,
+                          **{f"{part}_{counter}": 0 for part in ("train", "val")
+                             for counter in ("tokens", "documents", "bytes", "chars")}}
         # Anything past the recorded sizes was written after the last checkpoint: cut it off.
         self.files, self.last_checkpoint = {}, -float("inf")
         for name, counter in STREAM_FILES.items():
@@ -136,18 +174,25 @@ class PartialCache:
 
     @property
     def resumed(self) -> bool:
-        return self.state["documents"] > 0
+        return self.state["units"] > 0
 
-    def append(self, encoded: dict, documents: int, advanced: int) -> None:
-        """Append one batch's tokens and document starts; record the new sizes every
-        CHECKPOINT_SECONDS (syncing costs a disk flush; a crash redoes at most that much work)."""
-        for part, (tokens, lengths) in encoded.items():
-            starts = self.state[f"{part}_tokens"] + np.cumsum(lengths) - lengths      # int64 [documents]
+    def append(self, encoded: dict, held: np.ndarray, advanced: int) -> None:
+        """Append one batch's units (`encode_batch`), each to the held-out part where `held` [units]
+        says, with their document starts; record the new sizes every CHECKPOINT_SECONDS (syncing
+        costs a disk flush; a crash redoes at most that much work)."""
+        held_tokens = np.repeat(held, encoded["unit_tokens"])
+        for part, mine, mine_tokens in (("train", ~held, ~held_tokens), ("val", held, held_tokens)):
+            lengths = encoded["unit_tokens"][mine]
+            offsets = self.state[f"{part}_tokens"] + np.cumsum(lengths) - lengths      # int64 [units]
+            starts = offsets[encoded["unit_starts"][mine]]
+            tokens = encoded["tokens"][mine_tokens]
             self.files[f"{part}.bin"].write(tokens.tobytes())
-            self.files[f"{part}_starts.bin"].write(starts.tobytes())
+            self.files[f"{part}_starts.bin"].write(starts.astype(np.int64).tobytes())
             self.state[f"{part}_tokens"] += int(tokens.size)
-            self.state[f"{part}_documents"] += int(lengths.size)
-        self.state["documents"] += documents
+            self.state[f"{part}_documents"] += int(starts.size)
+            self.state[f"{part}_bytes"] += int(encoded["unit_bytes"][mine].sum())
+            self.state[f"{part}_chars"] += int(encoded["unit_chars"][mine].sum())
+        self.state["units"] += int(held.size)
         self.state["advanced"] += advanced
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
             self.checkpoint()
@@ -216,7 +261,7 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
                   say=lambda message: print(message, file=sys.stderr, flush=True)) -> pathlib.Path:
     """Tokenise `dataset` into its cache directory unless it is complete already; returns the
     directory. `workers` processes tokenise (default: every core; see `worker_pool`)."""
-    check_source_config(data_cfg)
+    check_source_config(data_cfg, dataset)
     cache = cache_path(dataset, data_cfg, tokenizer.name)
     if is_complete(cache):
         return cache
@@ -225,13 +270,14 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
         if is_complete(cache):            # another process prepared it while this one waited
             return cache
         streams = sources.source_streams(dataset, data_cfg, piece_chars)
-        partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size))
+        partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size),
+                               piece_chars)
         try:
             if partial.resumed and progress:
-                say(f"resuming the preparation of {cache} after {partial.state['documents']:,} documents")
+                say(f"resuming the preparation of {cache} after {partial.state['units']:,} documents or pieces")
             _tokenize_streams(streams, tokenizer, partial, workers or os.cpu_count() or 1, progress)
             partial.checkpoint()          # every file complete on disk before info.json is made from them
-            partial.finish(_info(dataset, data_cfg, tokenizer, partial), cache)
+            partial.finish(_info(dataset, data_cfg, tokenizer, partial, streams), cache)
         except ValueError:       # the source is unusable as it is: nothing to resume
             partial.close()
             shutil.rmtree(partial.directory, ignore_errors=True)
@@ -249,7 +295,7 @@ def _set_worker_tokenizer(tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_in_worker(batch, dtype) -> tuple:
+def _encode_in_worker(batch, dtype) -> dict:
     return encode_batch(_worker_tokenizer, batch, dtype)
 
 
@@ -267,10 +313,15 @@ def worker_pool(tokenizer, workers: int) -> concurrent.futures.Executor:
 
 def _batches_after(streams: list, skip: int, counted: list) -> Iterator[tuple]:
     """(stream number, batch) for every batch of `streams` in order, after their first `skip`
-    documents (resuming: those are in the files already; `counted[s]` gets how many of stream s
-    were skipped). Only skipped batches are split here; the others are split by the workers."""
+    units, documents or stream pieces (resuming: those are in the files already; `counted[s]` gets
+    how many of stream s were skipped). Only skipped batches are split here; the others are split
+    by the workers."""
     for number, stream in enumerate(streams):
         for batch in stream.batches():
+            if skip and isinstance(batch, sources.StreamPiece):
+                skip -= 1
+                counted[number] += 1
+                continue
             if skip:
                 documents = sources.batch_documents(batch)
                 taken = min(skip, len(documents))
@@ -298,18 +349,17 @@ def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: 
         def write_oldest():
             nonlocal tokens_done
             future, number, chars = in_flight.pop(0)
-            tokens, lengths = future.result()
-            held = streams[number].held_out(counted[number], lengths.size)
-            counted[number] += lengths.size
-            held_tokens = np.repeat(held, lengths)
-            encoded = {"train": (tokens[~held_tokens], lengths[~held]), "val": (tokens[held_tokens], lengths[held])}
-            advance = chars if unit == "B" else int(lengths.size)
-            partial.append(encoded, int(lengths.size), advance)
-            tokens_done += tokens.size
+            encoded = future.result()
+            units = encoded["unit_tokens"].size
+            held = streams[number].held_out(counted[number], units)
+            counted[number] += units
+            advance = chars if unit == "B" else units
+            partial.append(encoded, held, advance)
+            tokens_done += encoded["tokens"].size
             bar.update(advance)
             bar.set_postfix_str(f"{tokens_done / max(time.perf_counter() - started, 1e-9) / 1e6:.2f}M tokens/s")
 
-        for number, batch in _batches_after(streams, partial.state["documents"], counted):
+        for number, batch in _batches_after(streams, partial.state["units"], counted):
             in_flight.append((pool.submit(_encode_in_worker, batch, partial.dtype), number,
                               sources.batch_chars(batch)))
             if len(in_flight) >= 2 * workers:
@@ -319,15 +369,21 @@ def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: 
     bar.close()
 
 
-def _info(dataset: str, data_cfg, tokenizer, partial: PartialCache) -> dict:
+def _info(dataset: str, data_cfg, tokenizer, partial: PartialCache, streams: list) -> dict:
     state = partial.state
-    if state["train_documents"] + state["val_documents"] == 0:
+    if state["train_tokens"] + state["val_tokens"] == 0:
         raise ValueError(f"dataset: {dataset!r} holds no text")
-    if state["train_documents"] == 0 or state["val_documents"] == 0:
-        raise ValueError(f"dataset: {dataset!r} gives {state['train_documents']} training and {state['val_documents']} "
-                         "held-out documents; need at least one of each")
+    if state["train_tokens"] == 0 or state["val_tokens"] == 0:
+        what = "bytes" if all(stream.text for stream in streams) else "documents"
+        fix = ("give the held-out text as data.val_dataset" if data_cfg.get("val_dataset") is None
+               else "check data.val_dataset")
+        raise ValueError(f"dataset: {dataset!r} gives {state[f'train_{what}']:,} training and "
+                         f"{state[f'val_{what}']:,} held-out {what} (data.val_fraction={data_cfg.val_fraction}); "
+                         f"need some of each: raise data.val_fraction, use more text or {fix}")
     info = {"format": FORMAT_VERSION, "dataset": dataset, "tokenizer": tokenizer.name, "dtype": partial.dtype.name,
-            **{k: state[k] for k in ("train_tokens", "val_tokens", "train_documents", "val_documents")}}
+            "text_stream": all(stream.text for stream in streams),
+            **{f"{part}_{counter}": state[f"{part}_{counter}"] for counter in ("tokens", "documents", "bytes", "chars")
+               for part in ("train", "val")}}
     if dataset == "stories":      # the held-out stories' exact log-probabilities give the floor
         texts, logps = sources.held_out_stories(data_cfg.num_val_stories, data_cfg.story_seed)
         starts = np.fromfile(partial.directory / "val_starts.bin", np.int64)

@@ -4,16 +4,22 @@ held whole, so preparing 40 GB of text takes the memory of a few pieces.
     stories          the built-in story corpus (`stories`): its own held-out stories
     tfds:NAME        a TFDS dataset prepared as array_record (`tfds.data_source`, no TensorFlow),
                      read by index ranges; held out: its validation split, or part of train
-    a path or glob   .txt (documents separated by <|endoftext|> where the file has one, else by
-                     blank lines), .jsonl (one JSON object per line) and .parquet files; the text
-                     is in the field `text_field`
+    a path or glob   .txt files, read as written: by default (`txt_split="stream"`) one
+                     continuous stream of bytes, blank lines and line ends included, whose last
+                     `val_fraction` is held out (contiguous, as nanoGPT does) unless `val_dataset`
+                     names the held-out text; or, by explicit choice, documents separated by
+                     <|endoftext|> (`txt_split="eot"`) or by blank lines (`"blank_lines"`).
+                     .jsonl (one JSON object per line) and .parquet files are documents; the
+                     text is in the field `text_field`
 
-A source is a list of `Stream`s: each yields batches of whole documents in a fixed order, a
-batch being a list of texts or, for .txt files, a `TextChunk` (text cut after a separator,
-split into documents where it is tokenised). Batches, not single documents, and chunks split
-by the workers, because per-document work in the reading process would cost more than
-tokenising on every core saves. Sources without a validation part hold out documents by their
-index (`held_out_mask`), so the split is known while streaming, without counting first.
+A source is a list of `Stream`s: each yields batches in a fixed order. A batch is a list of
+documents' texts, a `TextChunk` (a .txt cut after a separator, split into documents where it is
+tokenised) or a `StreamPiece` (raw bytes of a text stream, cut where tokenising the pieces
+apart gives the tokens of the whole). Batches, not single documents, and chunks split by the
+workers, because per-document work in the reading process would cost more than tokenising on
+every core saves. Document sources without a validation part hold out documents by their index
+(`held_out_mask`), so the split is known while streaming, without counting first; a text
+stream is split by byte position, known from the files' sizes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ PIECE_CHARS = 1 << 22         # text per batch: bytes of a .txt read at a time, 
 TFDS_RECORDS = 1024           # TFDS records read at a time
 PARQUET_ROWS = 1024           # parquet rows read at a time
 FILE_KINDS = (".txt", ".jsonl", ".parquet")
+TXT_SPLITS = ("stream", "eot", "blank_lines")   # how a .txt is read: one stream, or documents by a separator
+MAX_CARRY_PIECES = 4          # a stream with no safe cut in this many pieces is cut anyway (bounded memory)
 
 
 @dataclasses.dataclass
@@ -43,13 +51,15 @@ class Stream:
     """One part of a source, read in order. `batches()` yields lists of texts or `TextChunk`s;
     `held` says whether its documents are held out (None: by their index, `held_out_mask` at
     `fraction`); `size` is its size in `unit` for progress bars: "B" (bytes of files; a batch
-    advances the bar by its characters) or "doc" (records, one each)."""
+    advances the bar by its characters) or "doc" (records, one each); `text`: a text stream
+    (`StreamPiece`s, one document)."""
     name: str
     size: int
     unit: str
     batches: Callable[[], Iterator]
     held: Optional[bool] = None
     fraction: float = 0.0
+    text: bool = False
 
     def held_out(self, start: int, count: int) -> np.ndarray:
         """Whether each of this stream's documents start .. start + count - 1 is held out."""
@@ -58,11 +68,11 @@ class Stream:
 
 def held_out_mask(start: int, count: int, fraction: float) -> np.ndarray:
     """Whether each of documents start .. start + count - 1 of a source without a validation
-    split is held out: document 0, then one every 1/fraction documents, so that n documents hold
-    out 1 + floor((n - 1) * fraction) spread over the whole source (the held-out set never depends
-    on the source's length)."""
+    split is held out: one at the end of every 1/fraction documents, so that n documents hold out
+    floor(n * fraction), never more than `fraction` of them, spread over the whole source (the
+    held-out set never depends on the source's length)."""
     index = np.arange(start, start + count, dtype=np.float64)
-    return np.floor(index * fraction) != np.floor((index - 1) * fraction)
+    return np.floor((index + 1) * fraction) != np.floor(index * fraction)
 
 
 def is_held_out(index: int, fraction: float) -> bool:
@@ -88,20 +98,116 @@ def batch_documents(batch) -> list:
 
 
 def batch_chars(batch) -> int:
+    if isinstance(batch, StreamPiece):
+        return len(batch.data)
     return len(batch.text) if isinstance(batch, TextChunk) else sum(map(len, batch))
 
 
-# --- .txt: pieces, split on a separator that may straddle them --------------------------------------
+# --- .txt as one stream: byte pieces cut where tokenisation allows ------------------------------------
 
-def file_has_eot(path: str, read_bytes: int = PIECE_CHARS) -> bool:
-    """Whether the file contains <|endoftext|> (scanned in pieces, overlapping by the marker's length)."""
-    marker, tail = EOT_TEXT.encode(), b""
+@dataclasses.dataclass
+class StreamPiece:
+    """Consecutive bytes of a text stream: `data`, from byte `offset` of the file `path`; `first`
+    for the piece that begins the stream (its start is the stream's one document start)."""
+    data: bytes
+    path: str
+    offset: int
+    first: bool
+
+
+def safe_cut(buffer: bytes) -> int:
+    """Where `buffer` can be cut so that tokenising both sides apart gives the tokens of the whole,
+    late in it, or -1: before a space that precedes a non-space byte (GPT-2-style pre-tokenisers
+    start a token there: " word", " 42", " !"), else after a line end that precedes one. The byte
+    tokenizer is indifferent to cuts; the others see whole pre-tokens on each side."""
+    at = len(buffer) - 1
+    while True:
+        at = buffer.rfind(b" ", 0, at)
+        if at <= 0:
+            break
+        if not buffer[at + 1:at + 2].isspace():
+            return at
+    at = len(buffer) - 1
+    while True:
+        at = buffer.rfind(b"\n", 0, at)
+        if at < 0:
+            return -1
+        if buffer[at + 1:at + 2] and not buffer[at + 1:at + 2].isspace():
+            return at + 1
+
+
+def utf8_boundary(buffer: bytes, at: int) -> int:
+    """`at`, moved back to the start of the UTF-8 character it falls in (at most 3 bytes)."""
+    for back in range(4):
+        if at - back <= 0 or buffer[at - back] & 0xC0 != 0x80:
+            return max(at - back, 0)
+    return at
+
+
+def byte_range_pieces(path: str, start: int, end: int, read_bytes: int) -> Iterator[StreamPiece]:
+    """Bytes start .. end - 1 of the file `path` as `StreamPiece`s (first=False), each ending at a
+    `safe_cut`; a stretch with no safe cut in MAX_CARRY_PIECES reads is cut at a character boundary
+    (memory: at most that many reads)."""
+    buffer, buffer_offset = b"", start
     with open(path, "rb") as f:
-        while piece := f.read(read_bytes):
-            if marker in tail + piece:
-                return True
-            tail = piece[-(len(marker) - 1):]
-    return False
+        f.seek(start)
+        position = start
+        while position < end:
+            piece = f.read(min(read_bytes, end - position))
+            if not piece:
+                raise ValueError(f"dataset: {path}: changed while being read (shorter than its size)")
+            position += len(piece)
+            buffer += piece
+            cut = safe_cut(buffer)
+            if cut <= 0 and len(buffer) >= MAX_CARRY_PIECES * read_bytes:
+                cut = utf8_boundary(buffer, len(buffer) - 1)
+            if cut > 0:
+                yield StreamPiece(buffer[:cut], path, buffer_offset, False)
+                buffer, buffer_offset = buffer[cut:], buffer_offset + cut
+    if buffer:
+        yield StreamPiece(buffer, path, buffer_offset, False)
+
+
+def stream_pieces(ranges: list, read_bytes: int) -> Iterator[StreamPiece]:
+    """The stream made of byte ranges [(path, start, end)] of files, in order, as `StreamPiece`s;
+    the first one is marked `first`."""
+    first = True
+    for path, start, end in ranges:
+        for piece in byte_range_pieces(path, start, end, read_bytes):
+            if first:
+                piece.first, first = True, False
+            yield piece
+
+
+def stream_split(paths: list, fraction: float) -> tuple:
+    """(training ranges, held-out ranges) of the files `paths` read as one stream: the last
+    floor(fraction x bytes) bytes held out, the cut moved forward to a character's start (never
+    more than `fraction`)."""
+    sizes = [os.path.getsize(p) for p in paths]
+    total = sum(sizes)
+    split = total - int(total * fraction)
+    # The file holding the split, and the split moved to a UTF-8 character's first byte.
+    before, train, val = 0, [], []
+    for path, size in zip(paths, sizes):
+        if before + size <= split:
+            train.append((path, 0, size))
+        elif before >= split:
+            val.append((path, 0, size))
+        else:
+            cut = split - before
+            with open(path, "rb") as f:
+                f.seek(cut)
+                head = f.read(4)
+            while head and head[0] & 0xC0 == 0x80 and cut < size:
+                head, cut = head[1:], cut + 1
+            train.append((path, 0, cut))
+            if cut < size:
+                val.append((path, cut, size))
+        before += size
+    return [r for r in train if r[2] > r[1]], [r for r in val if r[2] > r[1]]
+
+
+# --- .txt as documents: pieces split on a separator that may straddle them -----------------------------
 
 
 @dataclasses.dataclass
@@ -144,15 +250,15 @@ def text_chunks(pieces: Iterator[str], eot: bool) -> Iterator[TextChunk]:
         yield TextChunk(buffer, eot)
 
 
-def split_text_documents(text: str) -> list:
-    """Documents of one text: separated by <|endoftext|> if present, else by blank lines."""
-    return TextChunk(text, EOT_TEXT in text).documents()
+def split_text_documents(text: str, txt_split: str) -> list:
+    """Documents of one text split as `txt_split` says ("eot" or "blank_lines")."""
+    return TextChunk(text, txt_split == "eot").documents()
 
 
-def text_file_batches(path: str, piece_chars: int = PIECE_CHARS) -> Iterator[TextChunk]:
-    """A .txt file as `TextChunk`s, read `piece_chars` bytes at a time (UTF-8, checked)."""
-    eot = file_has_eot(path, piece_chars)
-    return text_chunks(_decoded_pieces(path, piece_chars), eot)
+def text_file_batches(path: str, txt_split: str, piece_chars: int = PIECE_CHARS) -> Iterator[TextChunk]:
+    """A .txt file as `TextChunk`s of the documents `txt_split` separates, read `piece_chars`
+    bytes at a time (UTF-8, checked)."""
+    return text_chunks(_decoded_pieces(path, piece_chars), txt_split == "eot")
 
 
 def _decoded_pieces(path: str, read_bytes: int) -> Iterator[str]:
@@ -202,38 +308,73 @@ def parquet_documents(path: str, text_field: str, rows: int = PARQUET_ROWS) -> I
                 yield text
 
 
-def local_files(pattern: str) -> list:
+def local_files(pattern: str, key: str = "dataset") -> list:
     """The files a path or glob names, sorted; each must be .txt, .jsonl or .parquet."""
     paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
-        raise ValueError(f"dataset: no files match {pattern!r}")
+        raise ValueError(f"{key}: no files match {pattern!r}")
     for path in paths:
         if not path.endswith(FILE_KINDS):
-            raise ValueError(f"dataset: {path}: expected {', '.join(FILE_KINDS)} files")
+            raise ValueError(f"{key}: {path}: expected {', '.join(FILE_KINDS)} files")
     return paths
 
 
-def file_batches(path: str, text_field: str, piece_chars: int = PIECE_CHARS) -> Iterator:
+def is_text_stream(paths: list, txt_split: str, key: str = "dataset") -> bool:
+    """Whether the files are read as one text stream (.txt files with txt_split="stream"); a
+    stream of .txt mixed with document files is refused."""
+    if txt_split != "stream" or not any(p.endswith(".txt") for p in paths):
+        return False
+    others = [p for p in paths if not p.endswith(".txt")]
+    if others:
+        raise ValueError(f"{key}: {others[0]}: .txt files are read as one stream (data.txt_split='stream') and "
+                         "cannot be mixed with .jsonl/.parquet documents; give them separately or set "
+                         "data.txt_split to 'eot' or 'blank_lines'")
+    return True
+
+
+def file_batches(path: str, text_field: str, txt_split: str, piece_chars: int = PIECE_CHARS) -> Iterator:
     if path.endswith(".txt"):
-        return text_file_batches(path, piece_chars)
+        return text_file_batches(path, txt_split, piece_chars)
     if path.endswith(".jsonl"):
         return in_batches(jsonl_documents(path, text_field), piece_chars)
     return in_batches(parquet_documents(path, text_field), piece_chars)
 
 
-def local_streams(pattern: str, text_field: str, val_fraction: float, piece_chars: int = PIECE_CHARS) -> list:
-    """One stream over every file (documents numbered across files for the hold-out)."""
+def local_streams(pattern: str, data_cfg, piece_chars: int = PIECE_CHARS) -> list:
+    """The streams of local files: a text stream split by position (or by `val_dataset`), or
+    documents (numbered across files for the hold-out, or held out as `val_dataset`'s files)."""
+    txt_split, text_field = data_cfg.get("txt_split", "stream"), data_cfg.text_field
+    val_pattern = data_cfg.get("val_dataset")
     paths = local_files(pattern)
+    val_paths = local_files(val_pattern, "data.val_dataset") if val_pattern else None
+    size = lambda ranges: sum(end - start for _, start, end in ranges)
 
-    def batches():
-        return (batch for path in paths for batch in file_batches(path, text_field, piece_chars))
+    if is_text_stream(paths, txt_split):
+        if val_paths is not None:
+            if not is_text_stream(val_paths, txt_split, "data.val_dataset"):
+                raise ValueError(f"data.val_dataset: {val_paths[0]}: the training text is a stream of .txt files, "
+                                 "so the held-out text must be .txt too")
+            train = [(p, 0, os.path.getsize(p)) for p in paths]
+            val = [(p, 0, os.path.getsize(p)) for p in val_paths]
+        else:
+            train, val = stream_split(paths, data_cfg.val_fraction)
+        return [Stream(f"{pattern} (train)", size(train), "B", lambda: stream_pieces(train, piece_chars), held=False,
+                       text=True),
+                Stream(f"{pattern} (held out)", size(val), "B", lambda: stream_pieces(val, piece_chars), held=True,
+                       text=True)]
 
-    return [Stream(pattern, sum(os.path.getsize(p) for p in paths), "B", batches, fraction=val_fraction)]
+    def batches(files):
+        return lambda: (batch for path in files for batch in file_batches(path, text_field, txt_split, piece_chars))
+
+    if val_paths is not None:
+        return [Stream(pattern, sum(map(os.path.getsize, paths)), "B", batches(paths), held=False),
+                Stream(val_pattern, sum(map(os.path.getsize, val_paths)), "B", batches(val_paths), held=True)]
+    return [Stream(pattern, sum(map(os.path.getsize, paths)), "B", batches(paths), fraction=data_cfg.val_fraction)]
 
 
-def read_local_documents(pattern: str, text_field: str) -> list:
+def read_local_documents(pattern: str, text_field: str, txt_split: str = "eot") -> list:
     """Every document of the files `pattern` names, in order (small sources and tests)."""
-    return [text for path in local_files(pattern) for batch in file_batches(path, text_field)
+    return [text for path in local_files(pattern) for batch in file_batches(path, text_field, txt_split)
             for text in batch_documents(batch)]
 
 
@@ -297,4 +438,4 @@ def source_streams(dataset: str, data_cfg, piece_chars: int = PIECE_CHARS) -> li
     if dataset.startswith("tfds:"):
         return tfds_streams(dataset[len("tfds:"):], data_cfg.tfds_data_dir, data_cfg.text_field,
                             data_cfg.tfds_val_split, data_cfg.val_fraction)
-    return local_streams(dataset, data_cfg.text_field, data_cfg.val_fraction, piece_chars)
+    return local_streams(dataset, data_cfg, piece_chars)

@@ -49,6 +49,10 @@ class ByteTokenizer:
         preparation writes."""
         return join_documents([np.frombuffer(t.encode("utf-8"), np.uint8) for t in texts], self.eot_id)
 
+    def encode_stream(self, data: bytes) -> np.ndarray:
+        """Tokens of a piece of a text stream (no end-of-text): every byte as it is, valid UTF-8 or not."""
+        return np.frombuffer(data, np.uint8).astype(np.uint32)
+
     def decode(self, tokens) -> str:
         return bytes(int(t) for t in tokens if 0 <= int(t) < 256).decode("utf-8", errors="replace")
 
@@ -95,6 +99,11 @@ class GPT2Tokenizer:
         assert ends.size == len(texts), "tiktoken split the documents differently"
         return tokens, np.diff(ends, prepend=-1).astype(np.int64)
 
+    def encode_stream(self, data: bytes) -> np.ndarray:
+        """Tokens of a piece of a UTF-8 text stream (UnicodeDecodeError if it is not): `encode`'s,
+        with <|endoftext|> in the text encoded as text."""
+        return self.enc.encode_to_numpy(data.decode("utf-8"), allowed_special=set(), disallowed_special=())
+
     def decode(self, tokens) -> str:
         return self.enc.decode([int(t) for t in tokens if 0 <= int(t) < self.eot_id])
 
@@ -126,6 +135,10 @@ class JSONTokenizer:
         batch (the library's threads)."""
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return join_documents([np.asarray(e.ids, np.uint32) for e in encodings], self.eot_id)
+
+    def encode_stream(self, data: bytes) -> np.ndarray:
+        """Tokens of a piece of a UTF-8 text stream (UnicodeDecodeError if it is not)."""
+        return np.asarray(self.encode(data.decode("utf-8")), np.uint32)
 
     def decode(self, tokens) -> str:
         return self.tokenizer.decode([int(t) for t in tokens if 0 <= int(t) < self.vocab_size and int(t) != self.eot_id])

@@ -51,6 +51,9 @@ class Family:
     forward_flops_per_token: (config, seq_len) -> model FLOPs of one token's forward pass
     recurrent:      True: decodes with a constant-size state (`model.init_state`, then
                     `forward(tokens, state)`); False: reruns its window for every token
+    stateful_score: (config) -> True where the model's state has a constant size and no position
+                    (no attention): a held-out text is scored carrying it through the whole text;
+                    otherwise in overlapping windows (`microrwkv_jax.training.scoring`)
     generate:       (model, prompt [B, T], max_new_tokens, temperature, top_k, top_p, seed,
                     stop_token, on_tokens, block) -> new tokens [B, <= max_new_tokens]
     describe:       (config) -> a short phrase for logs, e.g. "causal ['time_mix', ...]"
@@ -72,3 +75,4 @@ class Family:
     torch_checkpoint: Optional[TorchCheckpointFormat] = None
     hf_checkpoint: Optional[HFCheckpointFormat] = None
     param_axes: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    stateful_score: Callable[[ModelConfig], bool] = lambda config: False

@@ -17,6 +17,7 @@ from microrwkv_jax.checkpoints import run_checkpoint_manager
 from microrwkv_jax.data import pipeline
 from microrwkv_jax.families import get_family
 from microrwkv_jax.paths import shown_path
+from microrwkv_jax.training.optimizer import learning_rate_at
 from microrwkv_jax.training.run import Run, TrainingError, check_resumable, check_writable, lock_out_dir, log_line
 from microrwkv_jax.training.train_config import with_absolute_paths
 
@@ -71,8 +72,8 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
         f"dtype {run.model_config.dtype}; {jax.device_count()} device(s) ({jax.devices()[0].platform}) in a mesh of "
         + " x ".join(f"{axis}={size}" for axis, size in run.steps.mesh.shape.items())
         + f", {jax.process_count()} process(es)")
-    say(f"data: {info['dataset']} / {info['tokenizer']}: {info['train_tokens']:,} train tokens, "
-        f"{int(np.sum(run.val_targets >= 0)):,} scored val tokens in {run.val_inputs.shape[0]} windows")
+    say(f"data: {shown_path(info['dataset']) if cfg.dataset != 'stories' else 'stories'} / {info['tokenizer']}: "
+        f"{info['train_tokens']:,} train tokens, {run.describe_eval_set()}")
     if run.floor is not None:
         say(f"entropy floor: {run.floor:.4f} nats/token on the eval set ({run.eval_docs} stories, scored every "
             f"{cfg.eval_every} steps), {run.held_out_floor:.4f} on all {run.held_out_docs} held-out stories "
@@ -94,6 +95,13 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
             raise TrainingError(f"eval_only: no checkpoint in {shown_path(out / 'checkpoints')} and init_from='scratch'; "
                                 "nothing to evaluate")
         eval_started = time.perf_counter()
+        if not run.stories:        # a text: all of it, both scores
+            record = {"step": run.step, **run.text_scores()}
+            record["val_loss"] = record["window_nats_per_token"]
+            say(f"eval: {text_score_line(record, run.model_config.block_size)} in {record['score_seconds']:.1f} s")
+            log_line(metrics_path, {"event": "eval_only", **record})
+            manager.close()
+            return record
         val = run.evaluate()
         seconds, scored = time.perf_counter() - eval_started, int(np.sum(run.val_targets >= 0))
         rate = run.valid_story_rate()
@@ -119,12 +127,15 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
     tokens_per_step = cfg.batch_size * run.model_config.block_size
     bar = tqdm(total=cfg.num_train_steps, initial=run.step, disable=not run.progress, unit="step", dynamic_ncols=True)
     last, t_last, steps_since = {}, time.perf_counter(), 0
-    deadline = time.monotonic() + 60 * cfg.max_train_minutes if cfg.get("max_train_minutes") else None
+    budget = 60 * cfg.max_train_minutes if cfg.get("max_train_minutes") else None
     first_step, start_step, train_started = True, run.step, time.perf_counter()
+    prior_seconds = run.train_seconds       # a resumed run's training time before this process
+    elapsed = lambda: prior_seconds + time.perf_counter() - train_started    # training time, resumes included
     try:
         while run.step < cfg.num_train_steps:
             batch = run.global_batch(run.step)
-            new_params, new_opt, metrics = run.train_step(run.params, run.opt_state, batch)
+            learning_rate = learning_rate_at(cfg, run.step, elapsed())
+            new_params, new_opt, metrics = run.train_step(run.params, run.opt_state, batch, np.float32(learning_rate))
             loss = float(metrics["loss"])     # one host sync per step: a NaN must stop before it is saved
             if first_step:
                 first_step, to_first_step = False, time.time() - started
@@ -145,13 +156,14 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
                 tok_s = tokens_per_step / dt
                 mfu = run.flops_per_token * tok_s / run.peak if run.peak else None
                 last = {"step": run.step, "loss": loss, "ce": float(metrics["ce"]), "moe_aux": float(metrics["moe_aux"]),
-                        "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tok_s, "mfu": mfu,
+                        "grad_norm": float(metrics["grad_norm"]), "learning_rate": learning_rate,
+                        "tokens_per_s": tok_s, "mfu": mfu,
                         "time": time.time()}
                 log_line(metrics_path, last)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", mfu="n/a" if mfu is None else f"{mfu:.1%}")
                 t_last, steps_since = time.perf_counter(), 0
             bar.update(1)
-            out_of_time = deadline is not None and time.monotonic() > deadline
+            out_of_time = budget is not None and elapsed() > budget
             is_last = run.step == cfg.num_train_steps or out_of_time
             eval_now = run.step % cfg.eval_every == 0 or is_last
             save_now = run.step % cfg.checkpoint_every == 0 or eval_now
@@ -167,7 +179,7 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
             if save_now:
                 # A checkpoint competes for "best" only with a finite validation loss.
                 finite_val = eval_now and math.isfinite(last["val_loss"])
-                run.save(manager, {"val_loss": last["val_loss"]} if finite_val else None)
+                run.save(manager, {"val_loss": last["val_loss"]} if finite_val else None, train_seconds=elapsed())
                 t_last = time.perf_counter()
             if out_of_time:
                 say(f"stopping at step {run.step}: max_train_minutes={cfg.max_train_minutes} reached")
@@ -185,9 +197,24 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
     return last
 
 
+def text_score_line(record: dict, block: int) -> str:
+    """The two scores of a held-out text, per byte (and per token where tokens are not bytes)."""
+    def one(name):
+        per_token = "" if record[f"{name}_tokens"] == record["val_bytes"] else \
+            f", {record[f'{name}_nats_per_token']:.4f} nats/token"
+        return (f"{record[f'{name}_nats_per_byte']:.4f} nats/byte ({record[f'{name}_bits_per_byte']:.4f} bits/byte, "
+                f"{record[f'{name}_nats_per_char']:.4f} nats/char{per_token})")
+    return (f"held-out text of {record['val_bytes']:,} bytes, every byte scored: full context ({record['full_context']}) "
+            f"{one('full')}; windows of {block} tokens (nanoGPT's score) {one('window')}")
+
+
 def final_evaluation(run: Run, last: dict) -> dict:
     """The trained model on every held-out document (periodic evaluations may score a prefix of
-    them, `eval_batches`), with the last valid-story rate."""
+    them, `eval_batches`), with the last valid-story rate; on a text, both scores of all of it."""
+    if not run.stories:
+        record = run.text_scores()
+        return {"event": "final_eval", "step": run.step, "val_loss": record["window_nats_per_token"],
+                "entropy_floor": None, "valid_story_rate": None, **record}
     if run.held_out_inputs.shape[0] == run.val_inputs.shape[0]:
         val = last["val_loss"]
     else:
@@ -206,7 +233,8 @@ def completed_final_evaluation(run: Run, metrics_path: pathlib.Path) -> dict:
     if logged:
         return logged[-1]
     rates = [r["valid_story_rate"] for r in records if "valid_story_rate" in r and r.get("step") == run.step]
-    final = {**final_evaluation(run, {"val_loss": run.evaluate(), "valid_story_rate": rates[-1] if rates else None}),
+    final = {**final_evaluation(run, {"val_loss": run.evaluate() if run.stories else None,
+                                      "valid_story_rate": rates[-1] if rates else None}),
              "evaluated_on_rerun": True}
     log_line(metrics_path, final)
     return final
@@ -224,9 +252,12 @@ def summarise(run: Run, out: pathlib.Path, final: dict, say) -> None:
             f"({final['seconds_to_first_step']:.0f} s from the command to the first step)")
     else:
         say(f"\ndone: step {final['step']}")
-    say(f"  validation loss {val:.4f} nats/token on all {final['val_documents']} held-out documents"
-        + relative_to_floor(val, final["entropy_floor"]).replace("  ", ", ", 1)
-        + story_rate_text(final["valid_story_rate"], run.story_samples).replace("  ", ", ", 1))
+    if "full_nats_per_byte" in final:
+        say(f"  {text_score_line(final, run.model_config.block_size)}")
+    else:
+        say(f"  validation loss {val:.4f} nats/token on all {final['val_documents']} held-out documents"
+            + relative_to_floor(val, final["entropy_floor"]).replace("  ", ", ", 1)
+            + story_rate_text(final["valid_story_rate"], run.story_samples).replace("  ", ", ", 1))
     say(f"  checkpoint: {shown_path(out / 'checkpoints' / str(final['step']))}")
     say(f"  loss curves: {shown_path(plot)}")
     shown = shown_path(out)

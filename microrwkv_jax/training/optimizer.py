@@ -1,25 +1,41 @@
-"""AdamW with linear warmup and cosine decay, global-norm clipping and a weight-decay mask."""
+"""AdamW with linear warmup and cosine decay, global-norm clipping and a weight-decay mask.
+
+The learning rate is not part of the compiled step's optimizer: the trainer computes it on the
+host for every step (`learning_rate_at`) and passes it in, so that the schedule can follow the
+wall clock (`max_train_minutes`: the rate reaches its minimum when the time budget ends) as well
+as the step count, without recompiling. The optimizer itself has a unit learning rate (a
+schedule returning 1, which keeps the optimizer state's layout that of a scheduled AdamW).
+"""
 
 from __future__ import annotations
 
-from typing import Collection
+import math
+from typing import Collection, Optional
 
 import optax
 
 
-def learning_rate_schedule(cfg) -> optax.Schedule:
-    """0 -> learning_rate over warmup_steps, then cosine down to min_learning_rate at num_train_steps."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(cfg.num_train_steps, cfg.warmup_steps + 1), end_value=cfg.min_learning_rate)
+def learning_rate_at(cfg, step: int, elapsed_seconds: Optional[float] = None) -> float:
+    """The learning rate of step `step` (0-based): 0 -> learning_rate linearly over warmup_steps,
+    then a cosine down to min_learning_rate, reached at num_train_steps or, with
+    `max_train_minutes`, when `elapsed_seconds` of training reach the budget, whichever comes first."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * step / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(cfg.num_train_steps - cfg.warmup_steps, 1)
+    budget = cfg.get("max_train_minutes")
+    if budget and elapsed_seconds is not None:
+        progress = max(progress, elapsed_seconds / (60 * budget))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.min_learning_rate + (cfg.learning_rate - cfg.min_learning_rate) * cosine
 
 
 def make_optimizer(cfg, linear_maps: Collection[str]) -> optax.GradientTransformation:
-    """The optimizer of flat {name: array} parameters. Weight decay applies to the parameters named
+    """The optimizer of flat {name: array} parameters, at unit learning rate (the train step
+    scales its update by `learning_rate_at`'s value). Weight decay applies to the parameters named
     in `linear_maps` (`ParamCodec.linear_maps`: the matrices of linear maps, as the layers mark
     them) and to nothing else: not to biases, norms, embeddings or RWKV's time_* vectors."""
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
+        optax.adamw(lambda count: 1.0, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
                     mask=lambda params: {name: name in linear_maps for name in params}),
     )

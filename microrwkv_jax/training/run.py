@@ -26,8 +26,12 @@ from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.loading import read_params
 from microrwkv_jax.paths import shown_path, user_pattern
 from microrwkv_jax.training.distributed import process_rows
+from microrwkv_jax.training import scoring
 from microrwkv_jax.training.steps import ShardedSteps
 from microrwkv_jax.training.story_samples import NUM_SAMPLES, valid_story_rate
+
+
+SCORE_PIECE = 1024      # tokens per call when a score carries the model's state through a text
 
 
 class TrainingError(RuntimeError):
@@ -39,7 +43,7 @@ class TrainingError(RuntimeError):
 # learning-rate schedule, the mesh, the cache directories) may change between resumes.
 RUN_KEYS = ("dataset", "tokenizer", "data", "model", "batch_size", "seed", "init_from")
 RUN_KEYS_EXEMPT = ("data.cache_dir",)
-PATH_KEYS = ("dataset", "tokenizer", "init_from", "data.tfds_data_dir")
+PATH_KEYS = ("dataset", "tokenizer", "init_from", "data.tfds_data_dir", "data.val_dataset")
 
 
 def flat_config(tree: dict, prefix: str = "") -> dict:
@@ -100,22 +104,21 @@ class Run:
         self.data = pipeline.prepare_data(cfg.dataset, cfg.data, self.tokenizer, progress=self.progress)
         block = self.model_config.block_size
         if self.data.train.size < block + 2:
-            raise TrainingError(f"dataset {cfg.dataset!r}: {self.data.train.size} training tokens, fewer than "
-                                f"block_size + 2 = {block + 2}")
+            raise TrainingError(f"dataset {shown_path(cfg.dataset)!r}: {self.data.train.size:,} training tokens "
+                                f"({self.data.info['val_tokens']:,} held out), fewer than block_size + 2 = {block + 2}: "
+                                f"lower model.block_size or use more text")
+        is_stream = self.data.info.get("text_stream", False)      # a text read as written: no documents
         self.window_starts = (pipeline.DocumentWindowStarts(self.data.train_doc_starts, self.data.train.size, block)
-                              if cfg.data.get("document_windows") and not cfg.eval_only else None)
-        self.val_inputs, self.val_targets, used, window_of_doc = pipeline.val_windows(
-            self.data, block, self.tokenizer.eot_id)
-        # Every held-out document that fits a window, for the evaluation at the end of training.
-        self.held_out_inputs, self.held_out_targets, self.held_out_docs = self.val_inputs, self.val_targets, len(used)
-        self.held_out_floor = pipeline.floor_for_documents(self.data.info, used, int(np.sum(self.val_targets >= 0)))
-        if cfg.eval_batches:     # periodic evaluations score a fixed prefix of the held-out windows
-            keep = cfg.eval_batches * cfg.batch_size
-            self.val_inputs, self.val_targets = self.val_inputs[:keep], self.val_targets[:keep]
-            used = used[window_of_doc < keep]
-        scored = int(np.sum(self.val_targets >= 0))
-        self.floor = pipeline.floor_for_documents(self.data.info, used, scored)
-        self.eval_docs = len(used)       # the eval set: the held-out documents periodic evaluations score
+                              if cfg.data.get("document_windows") and not is_stream and not cfg.eval_only else None)
+        self.stories = cfg.dataset == "stories"
+        if self.stories:
+            self._story_windows(cfg, block)
+        else:       # any other text: every held-out token scored (`scoring`), the eval set a prefix of windows
+            self.held_out = scoring.held_out_stream(self.data.val, self.tokenizer.eot_id)
+            self.windows = scoring.Windows(self.held_out, block, block)
+            self.eval_windows = min(len(self.windows), cfg.eval_batches * cfg.batch_size) if cfg.eval_batches \
+                else len(self.windows)
+            self.floor = self.held_out_floor = None
 
         # Model, parameters, optimizer, placed on the mesh as the family's sharding says. From a
         # checkpoint the model is never initialised: its parameters are the checkpoint's, read one
@@ -141,8 +144,31 @@ class Run:
             self.train_step = self.steps.compile(self.params, self.opt_state, (cfg.batch_size, block + 1))
             check_fits(self.train_step, cfg)
         self.step = 0
+        self.train_seconds = 0.0      # training time before this process (a resumed run's)
         self.flops_per_token = train_flops_per_token(self.model_config, block)
         self.peak = cfg.get("peak_flops") or device_peak_flops()
+
+    def _story_windows(self, cfg, block: int) -> None:
+        """The built-in corpus's validation: whole held-out stories packed into windows, scored
+        against the entropy floor of exactly those stories."""
+        self.val_inputs, self.val_targets, used, window_of_doc = pipeline.val_windows(
+            self.data, block, self.tokenizer.eot_id)
+        # Every held-out document that fits a window, for the evaluation at the end of training.
+        self.held_out_inputs, self.held_out_targets, self.held_out_docs = self.val_inputs, self.val_targets, len(used)
+        self.held_out_floor = pipeline.floor_for_documents(self.data.info, used, int(np.sum(self.val_targets >= 0)))
+        if cfg.eval_batches:     # periodic evaluations score a fixed prefix of the held-out windows
+            keep = cfg.eval_batches * cfg.batch_size
+            self.val_inputs, self.val_targets = self.val_inputs[:keep], self.val_targets[:keep]
+            used = used[window_of_doc < keep]
+        self.floor = pipeline.floor_for_documents(self.data.info, used, int(np.sum(self.val_targets >= 0)))
+        self.eval_docs = len(used)       # the eval set: the held-out documents periodic evaluations score
+
+    def describe_eval_set(self) -> str:
+        if self.stories:
+            return (f"{int(np.sum(self.val_targets >= 0)):,} scored val tokens in {self.val_inputs.shape[0]} windows")
+        info = self.data.info
+        return (f"{info['val_tokens']:,} held-out tokens ({info['val_bytes']:,} bytes); eval set: the first "
+                f"{self.eval_windows} of its {len(self.windows)} windows of {self.model_config.block_size} tokens")
 
     # -- batches --------------------------------------------------------------------------------
     def global_batch(self, step: int):
@@ -154,24 +180,54 @@ class Run:
                                                       (cfg.batch_size, self.model_config.block_size + 1))
 
     def evaluate(self, inputs=None, targets=None) -> float:
-        """Mean loss (nats/token) over held-out windows: the periodic ones by default."""
+        """Mean loss (nats/token) over held-out windows: the eval set's by default."""
+        if inputs is None and not self.stories:
+            nats, count = self.score_batches(self.windows.batches(self.cfg.batch_size, self.eval_windows))
+            return nats / max(count, 1)
         inputs = self.val_inputs if inputs is None else inputs
         targets = self.val_targets if targets is None else targets
-        total, count = 0.0, 0
         b = self.cfg.batch_size
-        n = inputs.shape[0]
-        for i in range(0, n, b):
-            x, y = inputs[i:i + b], targets[i:i + b]
-            if x.shape[0] < b:   # pad to the static batch with unscored rows
-                x = np.concatenate([x, np.full((b - x.shape[0], x.shape[1]), self.tokenizer.eot_id, np.int32)])
-                y = np.concatenate([y, np.full((b - y.shape[0], y.shape[1]), -1, np.int32)])
-            mine = process_rows(b)
+        pad = lambda a, fill: np.concatenate([a, np.full((b - a.shape[0], a.shape[1]), fill, np.int32)])
+        batches = ((pad(inputs[i:i + b], self.tokenizer.eot_id), pad(targets[i:i + b], -1))
+                   for i in range(0, inputs.shape[0], b))      # padded to the static batch with unscored rows
+        total, count = self.score_batches(batches)
+        return total / max(count, 1)
+
+    def score_batches(self, batches) -> tuple:
+        """(sum of token losses, scored tokens) over (inputs, targets) batches of batch_size rows."""
+        total, count = 0.0, 0
+        mine = process_rows(self.cfg.batch_size)
+        for x, y in batches:
             xs = jax.make_array_from_process_local_data(self.steps.batch_sharding, x[mine], x.shape)
             ys = jax.make_array_from_process_local_data(self.steps.batch_sharding, y[mine], y.shape)
             loss_sum, n_tok = self.steps.eval_step(self.params, xs, ys)
             total += float(loss_sum)
             count += int(n_tok)
-        return total / max(count, 1)
+        return total, count
+
+    def text_scores(self) -> dict:
+        """The held-out text scored whole (`scoring`): the window score (windows of block_size
+        tokens, each read from its start, as nanoGPT reports) and the full-context score (the
+        state carried through the whole text where the family allows, else windows overlapping
+        by half), per token, byte and character, with the time they took."""
+        info, block = self.data.info, self.model_config.block_size
+        record, started = {}, time.perf_counter()
+        nats, count = self.score_batches(self.windows.batches(self.cfg.batch_size))
+        record.update(scoring.score_record("window", nats, count, info["val_bytes"], info["val_chars"]))
+        stateful = get_family(self.model_config.arch).stateful_score(self.model_config) and jax.process_count() == 1
+        if stateful:
+            piece = SCORE_PIECE
+            init = self.codec.model(self.params).init_state(1, piece)
+            nats, count = scoring.score_carrying_state(
+                lambda state, x, y: self.steps.score_piece(self.params, state, x, y), init, self.held_out, piece)
+        else:
+            nats, count = self.score_batches(scoring.Windows(self.held_out, block, block // 2 or 1)
+                                             .batches(self.cfg.batch_size))
+        record.update(scoring.score_record("full", nats, count, info["val_bytes"], info["val_chars"]))
+        record.update(full_context="state carried through the text" if stateful else
+                      f"windows of {block} tokens, {block // 2 or 1} apart", val_bytes=info["val_bytes"],
+                      score_seconds=time.perf_counter() - started)
+        return record
 
     @property
     def story_samples(self) -> int:
@@ -197,11 +253,15 @@ class Run:
     # -- checkpoints ----------------------------------------------------------------------------
     def meta(self) -> dict:
         return {"model": self.model_config.to_dict(), "tokenizer": self.cfg.tokenizer, "step": self.step,
+                "train_seconds": self.train_seconds,
                 "data_position": {"seed": self.cfg.seed, "next_step": self.step},
                 "config": json.loads(self.cfg.to_json_best_effort()) if hasattr(self.cfg, "to_json_best_effort") else {}}
 
-    def save(self, manager, metrics: Optional[dict] = None) -> None:
-        """Save params, optimizer state and metadata (with checksums of every array), asynchronously."""
+    def save(self, manager, metrics: Optional[dict] = None, train_seconds: Optional[float] = None) -> None:
+        """Save params, optimizer state and metadata (with checksums of every array), asynchronously;
+        `train_seconds`: the training time so far (a time-budgeted schedule resumes from it)."""
+        if train_seconds is not None:
+            self.train_seconds = train_seconds
         meta = {**self.meta(), "checksums": {"params": tree_checksums(self.params),
                                              "opt_state": tree_checksums(self.opt_state)}}
         manager.save(self.step, args=ocp.args.Composite(
@@ -240,6 +300,7 @@ class Run:
         if self.opt_state is not None:
             self.opt_state = restored.opt_state
         self.step = int(meta["step"])
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
 
     def check_param_shapes(self, params_dir) -> None:
         """Raise TrainingError if a checkpoint's parameters (its metadata says their shapes; no

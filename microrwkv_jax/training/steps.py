@@ -59,13 +59,14 @@ def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,
 
 def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_weight: float,
                     data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
-    """(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics); jit it with shardings.
-    The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches.
+    """(params, opt_state, batch [B, T+1], learning_rate) -> (params, opt_state, metrics); jit it
+    with shardings. `learning_rate` scales the optimizer's update (the trainer's optimizer has a
+    unit rate, `make_optimizer`; the default 1 leaves another optimizer's own rate). The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches.
     metrics: loss, ce, moe_aux, grad_norm, and params_finite (every updated parameter is finite)."""
     loss_fn = make_loss_fn(codec, aux_weight, data_shards, loss_chunk_elements)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(params, opt_state, batch):
+    def step(params, opt_state, batch, learning_rate=1.0):
         micro = batch.reshape(grad_accum_steps, -1, batch.shape[-1])
 
         def accumulate(acc, mb):
@@ -76,6 +77,7 @@ def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_wei
         (grads, loss, ce, aux), _ = jax.lax.scan(accumulate, zeros, micro)
         grads, loss, ce, aux = jax.tree.map(lambda g: g / grad_accum_steps, (grads, loss, ce, aux))
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: learning_rate * u, updates)
         params = optax.apply_updates(params, updates)
         grad_norm = optax.global_norm(grads)
         # A finite loss is not enough: a NaN gradient or an overflowing update poisons the parameters.
@@ -86,14 +88,27 @@ def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_wei
     return step
 
 
+def masked_nll(logits, targets) -> tuple:
+    """(sum of the cross-entropies of the scored targets, their number); targets -1 are not scored."""
+    mask = targets >= 0
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, targets, 0))
+    return jnp.sum(losses * mask), jnp.sum(mask)
+
+
 def make_eval_step(codec: ParamCodec):
     def eval_step(params, inputs, targets):
         """Sum of token losses and number of scored tokens (padding targets are -1)."""
         logits, _, _ = codec.model(params).forward(inputs)
-        mask = targets >= 0
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, targets, 0))
-        return jnp.sum(losses * mask), jnp.sum(mask)
+        return masked_nll(logits, targets)
     return eval_step
+
+
+def make_piece_score(codec: ParamCodec):
+    def score_piece(params, state, inputs, targets):
+        """(sum of token losses, scored tokens, new state) of one piece of a text, read from `state`."""
+        logits, state, _ = codec.model(params).forward(inputs, state)
+        return (*masked_nll(logits, targets), state)
+    return score_piece
 
 
 class ShardedSteps:
@@ -101,8 +116,8 @@ class ShardedSteps:
     (`microrwkv_jax.sharding`): the batch split over data x fsdp, each parameter and its
     optimizer state placed as its family's `param_axes` and the mesh say.
 
-    train_step(params, opt_state, batch [B, T+1]) -> (params, opt_state, metrics), donating the
-    first two; eval_step(params, inputs, targets) -> (loss sum, scored tokens).
+    train_step(params, opt_state, batch [B, T+1], learning_rate) -> (params, opt_state, metrics),
+    donating the first two; eval_step(params, inputs, targets) -> (loss sum, scored tokens).
     `mesh` defaults to the config's `mesh` section over all devices; a mesh of a TPU topology's
     devices compiles for that TPU without one (`bench.py train --compile_only`)."""
 
@@ -120,16 +135,19 @@ class ShardedSteps:
         budget = cfg.get("loss_chunk_elements") or loss_budget(platform)
         step = make_train_step(codec, self.optimizer, cfg.grad_accum_steps, cfg.moe_aux_weight,
                                data_shards=sharding.batch_shards(self.mesh), loss_chunk_elements=budget)
-        self.train_step = jax.jit(step, in_shardings=(self.param_shardings, self.opt_shardings, self.batch_sharding),
+        self.train_step = jax.jit(step, in_shardings=(self.param_shardings, self.opt_shardings, self.batch_sharding,
+                                                      self.replicated),
                                   out_shardings=(self.param_shardings, self.opt_shardings, self.replicated),
                                   donate_argnums=(0, 1))
         self.eval_step = jax.jit(make_eval_step(codec),
                                  in_shardings=(self.param_shardings, self.batch_sharding, self.batch_sharding))
+        self.score_piece = jax.jit(make_piece_score(codec))     # batch 1, state carried (`scoring`)
 
     def compile(self, params, opt_state, batch_shape) -> "jax.stages.Compiled":
         """The train step compiled ahead of time for these arguments (arrays or ShapeDtypeStructs)."""
         batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=self.batch_sharding)
-        return self.train_step.lower(params, opt_state, batch).compile()
+        learning_rate = jax.ShapeDtypeStruct((), jnp.float32, sharding=self.replicated)
+        return self.train_step.lower(params, opt_state, batch, learning_rate).compile()
 
     def abstract(self, with_optimizer: bool = True):
         """(params, opt_state) as ShapeDtypeStructs with their shardings: what `compile` needs,

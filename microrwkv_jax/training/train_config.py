@@ -43,7 +43,7 @@ def validate_config(cfg) -> None:
     for key in REQUIRED_DATA_KEYS:
         if key not in cfg.data:
             raise ValueError(f"config: missing key 'data.{key}'")
-    check_source_config(cfg.data)
+    check_source_config(cfg.data, cfg.dataset)
     for key in POSITIVE_KEYS:
         if key in cfg and cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
             raise ValueError(f"{key}={cfg[key]!r}: must be a positive integer")
@@ -86,7 +86,7 @@ def with_absolute_paths(cfg):
     """A copy of `cfg` whose paths (out_dir, init_from, a dataset path or glob, a tokenizer file,
     data.cache_dir, data.tfds_data_dir) are absolute, resolved against the working directory now:
     what the run records in its checkpoints and hands to orbax, which has rules of its own about
-    relative paths. Built-in names (`scratch`, `stories`, `tfds:NAME`, `byte`, `gpt2`) stay as they are."""
+    relative paths (data.val_dataset too). Built-in names (`scratch`, `stories`, `tfds:NAME`, `byte`, `gpt2`) stay as they are."""
     cfg = cfg.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.out_dir = str(user_path(cfg.out_dir))
@@ -97,6 +97,8 @@ def with_absolute_paths(cfg):
         if is_tokenizer_file(cfg.tokenizer):
             cfg.tokenizer = str(user_path(cfg.tokenizer))
         cfg.data.cache_dir = str(user_path(cfg.data.cache_dir))
+        if cfg.data.get("val_dataset"):
+            cfg.data.val_dataset = user_pattern(cfg.data.val_dataset)
         if cfg.data.get("tfds_data_dir"):
             cfg.data.tfds_data_dir = str(user_path(cfg.data.tfds_data_dir))
     return cfg

@@ -121,23 +121,27 @@ def test_document_windows_start_at_an_end_of_text_and_stay_a_pure_function_of_se
         pipeline.DocumentWindowStarts(doc_starts[doc_starts < 20], 20, 32)
 
 
-def test_cache_is_reused_and_local_files_are_read(tmp_path):
+def test_cache_is_reused_and_local_files_are_read_as_documents(tmp_path):
     (tmp_path / "a.txt").write_text("First story.\n\nSecond story.\n\n\nThird one.")
     (tmp_path / "b.txt").write_text("Doc one<|endoftext|>Doc two\n\n still two<|endoftext|>")
     (tmp_path / "c.jsonl").write_text(json.dumps({"text": "Json doc"}) + "\n\n" + json.dumps({"text": "Last"}) + "\n")
-    docs = sources.read_local_documents(str(tmp_path / "*"), "text")
-    assert docs == ["First story.", "Second story.", "Third one.", "Doc one", "Doc two\n\n still two", "Json doc", "Last"]
+    docs = sources.read_local_documents(str(tmp_path / "*"), "text", "blank_lines")
+    assert docs == ["First story.", "Second story.", "Third one.", "Doc one<|endoftext|>Doc two",
+                    "still two<|endoftext|>", "Json doc", "Last"]
+    assert sources.read_local_documents(str(tmp_path / "b.txt"), "text", "eot") == ["Doc one", "Doc two\n\n still two"]
     cfg = ml_collections.ConfigDict(dict(val_fraction=0.3, text_field="text", cache_dir=str(tmp_path / "cache"),
-                                         tfds_data_dir=None, tfds_val_split="validation"))
+                                         tfds_data_dir=None, tfds_val_split="validation", txt_split="blank_lines",
+                                         val_dataset=None))
     tok = ByteTokenizer()
     first = pipeline.prepare_data(str(tmp_path / "*.*"), cfg, tok, progress=False)
     second = pipeline.prepare_data(str(tmp_path / "*.*"), cfg, tok, progress=False)
     assert first.info["cache"] == second.info["cache"]
-    # Held out at val_fraction 0.3: documents 0 and 4 (document 0, then one every 1 / 0.3).
-    assert [i for i in range(7) if sources.is_held_out(i, 0.3)] == [0, 4]
-    assert tok.decode(np.asarray(first.train)) == "Second story.Third one.Doc oneJson docLast"
-    assert tok.decode(np.asarray(first.val)) == "First story.Doc two\n\n still two"
+    # Held out at val_fraction 0.3: the last of every 1 / 0.3 documents, 2 of 7 (never more than 30%).
+    assert [i for i in range(7) if sources.is_held_out(i, 0.3)] == [3, 6]
+    assert tok.decode(np.asarray(first.train)) == "First story.Second story.Third one.still two<|endoftext|>Json doc"
+    assert tok.decode(np.asarray(first.val)) == "Doc one<|endoftext|>Doc twoLast"
     assert first.info["val_documents"] == 2 and "entropy_floor" not in first.info
+    assert first.info["val_bytes"] == len("Doc one<|endoftext|>Doc twoLast") and not first.info["text_stream"]
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1 is not a JSON object with a 'text' field$"):
         sources.read_local_documents(str(tmp_path / "bad.jsonl"), "text")
@@ -182,6 +186,7 @@ def test_tfds_without_the_validation_split_holds_out_part_of_train(tmp_path, mon
     import tensorflow_datasets as tfds
     texts = [r["text"].decode() for r in tfds.data_source(builder.name, split="train", data_dir=cfg.tfds_data_dir)]
     expected = [t for i, t in enumerate(texts) if sources.is_held_out(i, 0.1)]
+    assert len(expected) == 4
     assert ByteTokenizer().decode(np.asarray(data.val)) == "".join(expected)
 
 

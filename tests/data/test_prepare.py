@@ -23,14 +23,15 @@ def data_cfg(cache_dir, **overrides):
 
 
 def write_corpus(directory: pathlib.Path) -> str:
-    """Files with every shape of document: blank-line and <|endoftext|> separated .txt, a
-    document far longer than the pieces, multi-byte characters, whitespace-only runs, .jsonl."""
+    """Files with every shape of document (read with txt_split="blank_lines"): blank-line separated
+    .txt, a document far longer than the pieces, multi-byte characters, whitespace-only runs, a
+    literal <|endoftext|> inside a document, .jsonl."""
     directory.mkdir(parents=True, exist_ok=True)
     texts, _ = stories.generate_stories(60, 5)
     long_doc = " ".join(texts[:20])                        # ~4 KB: many pieces long
     (directory / "a.txt").write_text("\n\n".join(texts[20:40]) + "\n \n\n" + long_doc + "\n\n  \n" +
                                      "Ünïcödé ✓ story.\n\n日本語の話。", encoding="utf-8")
-    (directory / "b.txt").write_text("<|endoftext|>".join(texts[40:50]) + "<|endoftext|>\n\nStill one.\n\nSame one.<|endoftext|>")
+    (directory / "b.txt").write_text("\n\n".join(texts[40:50]) + "\n\nStill one<|endoftext|> in it.\n\n\n")
     quoting = "A document that quotes <|endoftext|> as text."        # encoded as text, not as the token
     (directory / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [*texts[50:55], quoting,
                                                                                         *texts[55:]]) + "\n")
@@ -43,13 +44,12 @@ def reference_streams(pattern, tokenizer, fraction):
     for path in sorted(pathlib.Path(p) for p in glob.glob(pattern)):
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".txt":
-            parts = text.split("<|endoftext|>") if "<|endoftext|>" in text else re.split(r"\n\s*\n", text)
-            docs += [part.strip() for part in parts if part.strip()]
+            docs += [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
         else:
             docs += [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
     parts = {"train": [], "val": []}
-    for i, doc in enumerate(docs):      # held out: document 0, then one every 1/fraction
-        held = math.floor(i * fraction) != math.floor((i - 1) * fraction)
+    for i, doc in enumerate(docs):      # held out: the last of every 1/fraction documents
+        held = math.floor((i + 1) * fraction) != math.floor(i * fraction)
         parts["val" if held else "train"].append(tokenizer.encode(doc) + [tokenizer.eot_id])
     return docs, {part: np.asarray([t for d in ds for t in d]) for part, ds in parts.items()}
 
@@ -65,18 +65,19 @@ def test_token_files_are_byte_identical_for_any_workers_and_piece_size(tmp_path,
     tokenizer = get_tokenizer(tokenizer_name)
     pattern = write_corpus(tmp_path / "corpus")
     docs, expected = reference_streams(pattern, tokenizer, 0.1)
-    assert max(len(d) for d in docs) > 4000 and any("\n\n" in d for d in docs)       # the long one; b.txt's
+    assert max(len(d) for d in docs) > 4000 and any("<|endoftext|>" in d for d in docs)
     results = []
     # (workers, characters per batch and bytes read at a time): one batch; batches smaller than
     # most documents, reads that split separators and multi-byte characters; and in between.
     for i, (workers, piece_chars) in enumerate([(1, 1 << 22), (2, 7), (3, 333)]):
-        cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / f"cache{i}", val_fraction=0.1), tokenizer,
+        cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / f"cache{i}", val_fraction=0.1,
+                                                        txt_split="blank_lines"), tokenizer,
                                       workers=workers, piece_chars=piece_chars, progress=False)
         results.append(read_cache_files(cache))
         data = pipeline.load_token_data(cache)
         np.testing.assert_array_equal(data.train, expected["train"])
         np.testing.assert_array_equal(data.val, expected["val"])
-        assert data.train.dtype == np.uint16 and data.info["val_documents"] == 1 + (len(docs) - 1) // 10
+        assert data.train.dtype == np.uint16 and data.info["val_documents"] == len(docs) // 10
     assert results[0] == results[1] == results[2]
     starts = pipeline.load_token_data(cache).train_doc_starts
     assert starts[0] == 0 and np.all(expected["train"][starts[1:] - 1] == tokenizer.eot_id)
@@ -93,35 +94,37 @@ class WideTokenizer:
 
 def test_an_unreadable_progress_record_restarts_the_preparation_cleanly(tmp_path):
     pattern = write_corpus(tmp_path / "corpus")
-    clean = prepare.prepare_cache(pattern, data_cfg(tmp_path / "clean"), ByteTokenizer(), workers=1, progress=False)
-    cache = prepare.cache_path(pattern, data_cfg(tmp_path / "cache"), "byte")
+    cfg = lambda where: data_cfg(where, txt_split="blank_lines", val_fraction=0.1)
+    clean = prepare.prepare_cache(pattern, cfg(tmp_path / "clean"), ByteTokenizer(), workers=1, progress=False)
+    cache = prepare.cache_path(pattern, cfg(tmp_path / "cache"), "byte")
     partial = cache.with_name(cache.name + ".partial")
     partial.mkdir(parents=True)
     (partial / "progress.json").write_text('{"dtype": "uint16", "docum')      # cut short
     (partial / "train.bin").write_bytes(b"junk" * 100)
-    done = prepare.prepare_cache(pattern, data_cfg(tmp_path / "cache"), ByteTokenizer(), workers=1, progress=False)
+    done = prepare.prepare_cache(pattern, cfg(tmp_path / "cache"), ByteTokenizer(), workers=1, progress=False)
     assert read_cache_files(done) == read_cache_files(clean) and not partial.exists()
 
 
 def test_a_vocabulary_over_65536_tokens_gets_uint32_files(tmp_path):
     pattern = write_corpus(tmp_path / "corpus")
-    cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / "cache"), WideTokenizer(), workers=2, progress=False)
+    cache = prepare.prepare_cache(pattern, data_cfg(tmp_path / "cache", txt_split="blank_lines", val_fraction=0.1),
+                                  WideTokenizer(), workers=2, progress=False)
     data = pipeline.load_token_data(cache)
     assert data.train.dtype == np.uint32 and data.info["dtype"] == "uint32"
-    _, expected = reference_streams(pattern, ByteTokenizer(), prepare.DEFAULTS["val_fraction"])
+    _, expected = reference_streams(pattern, ByteTokenizer(), 0.1)
     np.testing.assert_array_equal(data.train, np.where(expected["train"] == 256, 69_999, expected["train"] + 65_500))
 
 
 def test_documents_split_the_same_across_any_pieces():
     text = "a\n\n\n b\n \nc<x>\n\nd\n\t\n" * 3 + "e" * 50 + "\n\n" + " \n \n" + "f"
-    expected = sources.split_text_documents(text)
+    expected = sources.split_text_documents(text, "blank_lines")
     assert expected[:4] == ["a", "b", "c<x>", "d"] and expected[-2:] == ["e" * 50, "f"]
     spaced = "g\n \nh\n\t\ni j\n  \n"         # blank lines that all hold spaces
     for whole in (text, spaced):
         for size in (1, 2, 3, 5, 17):
             pieces = [whole[i:i + size] for i in range(0, len(whole), size)]
             chunks = list(sources.text_chunks(iter(pieces), eot=False))
-            assert [d for c in chunks for d in c.documents()] == sources.split_text_documents(whole)
+            assert [d for c in chunks for d in c.documents()] == sources.split_text_documents(whole, "blank_lines")
     eot_text = "one<|endoftext|>two\n\nstill two<|endoftext|><|endoftext|> three "
     for size in (1, 4, 12, 13, 100):
         pieces = [eot_text[i:i + size] for i in range(0, len(eot_text), size)]
@@ -129,10 +132,10 @@ def test_documents_split_the_same_across_any_pieces():
         assert [d for c in chunks for d in c.documents()] == ["one", "two\n\nstill two", "three"]
 
 
-def test_held_out_documents_are_spread_and_counted_exactly():
-    for n, fraction in [(7, 0.3), (40, 0.1), (1000, 0.02), (999, 0.013)]:
+def test_held_out_documents_are_spread_and_never_more_than_the_fraction():
+    for n, fraction in [(7, 0.3), (40, 0.1), (1000, 0.02), (999, 0.013), (3, 0.3)]:
         held = [i for i in range(n) if sources.is_held_out(i, fraction)]
-        assert held[0] == 0 and len(held) == 1 + int((n - 1) * fraction + 1e-9)
+        assert len(held) == int(n * fraction + 1e-9) <= n * fraction
         assert max(np.diff(held), default=0) <= int(1 / fraction) + 1
 
 
@@ -148,7 +151,7 @@ def test_parquet_and_bad_files_are_one_line_errors(tmp_path):
         sources.read_local_documents(str(tmp_path / "x.parquet"), "text")
     (tmp_path / "bad.txt").write_bytes(b"fine\n\nthen \xff broken")
     with pytest.raises(ValueError, match=r"^dataset: .*bad.txt: not UTF-8 text \(byte 11\)$"):
-        sources.read_local_documents(str(tmp_path / "bad.txt"), "text")
+        sources.read_local_documents(str(tmp_path / "bad.txt"), "text", "blank_lines")
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(ValueError, match=r"notes.md: expected .txt, .jsonl, .parquet files$"):
         sources.local_files(str(tmp_path / "*"))
@@ -156,15 +159,17 @@ def test_parquet_and_bad_files_are_one_line_errors(tmp_path):
 
 def test_cli_prepares_what_train_py_reuses(tmp_path, capsys):
     pattern = write_corpus(tmp_path / "corpus")
-    assert prepare.main(["--dataset", pattern, "--cache_dir", str(tmp_path / "cache"), "--workers", "2"]) == 0
+    assert prepare.main(["--dataset", pattern, "--cache_dir", str(tmp_path / "cache"), "--workers", "2",
+                         "--txt_split", "blank_lines", "--val_fraction", "0.1"]) == 0
     out = capsys.readouterr().out
-    cache = prepare.cache_path(pattern, data_cfg(tmp_path / "cache"), "byte")
+    cache = prepare.cache_path(pattern, data_cfg(tmp_path / "cache", txt_split="blank_lines", val_fraction=0.1), "byte")
     assert out.startswith(f"{cache}: ") and out.rstrip().endswith(" s") and prepare.is_complete(cache)
     from configs.tiny import base_config
     config = base_config()
     config.data.cache_dir = str(tmp_path / "cache")
+    config.data.txt_split, config.data.val_fraction = "blank_lines", 0.1
     assert prepare.cache_path(pattern, config.data, "byte") == cache     # train.py's key is the CLI's
-    assert {k: config.data[k] for k in prepare.DEFAULTS if k != "cache_dir"} == \
+    assert {k: base_config().data[k] for k in prepare.DEFAULTS if k != "cache_dir"} == \
         {k: v for k, v in prepare.DEFAULTS.items() if k != "cache_dir"}
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n\n \n")
@@ -172,7 +177,13 @@ def test_cli_prepares_what_train_py_reuses(tmp_path, capsys):
                           (["--dataset", pattern, "--workers", "0"], "--workers=0: must be >= 1"),
                           (["--dataset", pattern, "--val_fraction", "1.5"],
                            "data.val_fraction=1.5: must be between 0 and 1"),
-                          (["--dataset", str(empty)], f"dataset: '{empty}' holds no text")]:
+                          (["--dataset", str(empty), "--txt_split", "blank_lines"], f"dataset: '{empty}' holds no text"),
+                          (["--dataset", str(empty)], f"dataset: '{empty}' gives 5 training and 0 held-out bytes "
+                           "(data.val_fraction=0.02); need some of each: raise data.val_fraction, use more text or "
+                           "give the held-out text as data.val_dataset"),
+                          (["--dataset", pattern], f"dataset: {tmp_path}/corpus/c.jsonl: .txt files are read as one "
+                           "stream (data.txt_split='stream') and cannot be mixed with .jsonl/.parquet documents; give "
+                           "them separately or set data.txt_split to 'eot' or 'blank_lines'")]:
         assert prepare.main(argv + ["--cache_dir", str(tmp_path / "cache2")]) == 1
         assert capsys.readouterr().err.splitlines()[-1] == f"prepare: error: {message}"     # (after a progress bar)
     assert not [p for p in (tmp_path / "cache2").glob("*") if not p.name.endswith(".lock")]   # nothing half-made
@@ -207,7 +218,7 @@ def test_a_killed_preparation_resumes_to_identical_files_and_a_second_process_wa
     assert second.stderr.readline() == f"waiting for another process preparing {cache}\n"
     first.send_signal(signal.SIGKILL)
     first.wait()
-    done_before_kill = json.loads(progress.read_text())["documents"]
+    done_before_kill = json.loads(progress.read_text())["units"]
     assert done_before_kill > 0
     assert not (cache / "info.json").exists()                 # no complete-looking cache
     _, err = second.communicate(timeout=300)

@@ -20,6 +20,7 @@ import numpy as np
 from microrwkv_jax.checkpoints import ParamCodec
 from microrwkv_jax.families import abstract_model, build_model, get_family, model_config
 from microrwkv_jax.sharding import bytes_per_device, make_mesh
+from microrwkv_jax.training.optimizer import learning_rate_at
 from microrwkv_jax.training.steps import ShardedSteps
 
 MESHES = {"1 device": None, "8,1,1": (8, 1, 1), "1,8,1": (1, 8, 1), "2,4,1": (2, 4, 1), "2,2,2": (2, 2, 2)}
@@ -62,8 +63,9 @@ def run_family(name: str) -> dict:
         params, opt_state = steps.init(initial)
         compiled = steps.compile(params, opt_state, batches.shape[1:])
         losses = []
-        for batch in batches:
-            params, opt_state, metrics = compiled(params, opt_state, jax.device_put(batch, steps.batch_sharding))
+        for i, batch in enumerate(batches):
+            params, opt_state, metrics = compiled(params, opt_state, jax.device_put(batch, steps.batch_sharding),
+                                                  np.float32(learning_rate_at(train_config(), i)))
             losses.append(float(metrics["loss"]))
         final = {k: np.asarray(v) for k, v in params.items()}
         if reference is None:

@@ -32,6 +32,7 @@ FAMILY = Family(
     check_config=check_config,
     forward_flops_per_token=forward_flops_per_token,
     recurrent=True,
+    stateful_score=lambda config: set(config.layers) <= {"time_mix", "channel_mix", "moe", "mlp"},
     generate=generate_recurrent,
     describe=lambda config: f"causal {list(config.layers)}",
     param_axes=PARAM_AXES,

@@ -40,6 +40,7 @@ FAMILY = Family(
     check_config=check_config,
     forward_flops_per_token=forward_flops_per_token,
     recurrent=True,
+    stateful_score=lambda config: True,
     generate=generate_recurrent,
     describe=lambda config: "RWKV-4",
     torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes_blinkdl,
