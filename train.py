@@ -80,6 +80,9 @@ def main(argv):
     try:
         cfg = _CONFIG.value
         training.validate_config(cfg)
+        if cfg.get("cpu_devices"):
+            from microrwkv_jax.sharding import split_cpu_devices
+            split_cpu_devices(cfg.cpu_devices)       # before JAX starts: one device per core
         if (cfg.get("param_dtype") or "float32") != "float32":
             from microrwkv_jax.loading import use_lean_cpu_scheduler
             use_lean_cpu_scheduler()         # before JAX starts: convert each weight only when used

@@ -8,6 +8,7 @@ with `block_until_ready`, so compilation is never counted.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import time
@@ -40,6 +41,13 @@ flags.DEFINE_string("windows", "64,global", "attention: windows to measure ('glo
 flags.DEFINE_string("dtype", "auto", "compute dtype: auto (bf16 on GPU, f32 on CPU), float32, bfloat16")
 flags.DEFINE_float("peak_flops", None, "device peak FLOP/s for MFU (known GPUs are detected)")
 flags.DEFINE_bool("compile_only", False, "train: report XLA's memory analysis of the compiled step, run nothing")
+flags.DEFINE_string("text", os.path.join("..", "shared", "text", "anna.txt"), "text: the text file of the race")
+flags.DEFINE_string("nanogpt", os.path.join("..", "shared", "peers", "nanogpt"), "text: nanoGPT's model.py, train.py, "
+                    "configurator.py and config/ (MIT, unmodified)")
+flags.DEFINE_integer("nanogpt_iters", 2000, "text: nanoGPT's max_iters (and lr_decay_iters), its README's recipe")
+flags.DEFINE_string("text_config", "configs/text.py", "text: our config")
+flags.DEFINE_float("our_minutes", None, "text: our training budget (default: ends our run at nanoGPT's wall time, "
+                   "then at half of it)")
 flags.DEFINE_string("topology", None, "train --compile_only: compile for this TPU topology (e.g. v5e:2x2, v5p:2x2x1) "
                     "on this machine, without a TPU; needs libtpu (the tpu-compile extra)")
 

@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     # parameter and its optimizer state split too (a model larger than one device). tensor: heads
     # and hidden units split. The default is plain data parallelism over every device.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # On a CPU: split it into this many devices for the mesh (e.g. 2 on 2 cores: XLA runs most of a
+    # small model's operations on one thread, so data parallelism over one device per core keeps
+    # both busy). None: one CPU device.
+    c.cpu_devices = ml_collections.FieldReference(None, field_type=int)
     # Multi-host training (jax.distributed; or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)   # HOST:PORT of process 0

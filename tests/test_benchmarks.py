@@ -1,6 +1,7 @@
 """bench.py runs each subcommand and prints the documented JSON fields (no timing is asserted)."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -118,3 +119,27 @@ def test_prepare_against_the_plain_loop(gpt2_bpe):
     assert [r.get("workers") for r in rows] == [None, 1, 2]
     assert len({r["tokens"] for r in rows}) == 1 and rows[0]["text_bytes"] > 0.9 * 2 ** 20
     assert all(r["peak_rss_bytes"] > 0 and r["tokens_per_s"] > 0 for r in rows) and rows[2]["speed_vs_loop"] > 0
+
+
+def test_text_race_smoke(tmp_path):
+    """bench.py text end to end, shortened: nanoGPT's own train.py and ours on the same text,
+    both scored by one scorer on the same held-out characters."""
+    import os
+    nanogpt = os.environ.get("MICRORWKV_NANOGPT_DIR")
+    if not nanogpt or not (pathlib.Path(nanogpt) / "train.py").is_file():
+        pytest.skip("nanoGPT's files not available: set MICRORWKV_NANOGPT_DIR to a directory with its model.py, "
+                    "train.py, configurator.py and config/ (CI: ../shared/peers/nanogpt)")
+    from microrwkv_jax.data import stories
+    texts, _ = stories.generate_stories(400, 11)
+    text = tmp_path / "text.txt"
+    text.write_bytes(("\r\n\r\n".join(texts) + "\r\n").encode())
+    rows = bench("text", "--text", str(text), "--nanogpt", nanogpt, "--nanogpt_iters", "10", "--our_minutes", "0.03",
+                 "--out", str(tmp_path / "race"))
+    data, peer, ours = rows
+    chars = len(text.read_bytes().decode())
+    assert data["val_chars"] == chars - int(chars * 0.9) and data["train_chars"] == int(chars * 0.9)
+    assert peer["side"] == "nanogpt" and peer["steps"] == 10 and peer["wall_s"] > 0 and peer["tokens_per_s"] > 0
+    assert ours["side"] == "ours (equal_time)" and ours["wall_s"] > 0 and ours["first_step_s"] > 0
+    for row in (peer, ours):       # the same held-out characters, every one scored, both ways
+        assert row["window_chars"] == data["val_chars"] and 0 < row["full_nats_per_char"] < 6
+    assert peer["full_chars"] == data["val_chars"]

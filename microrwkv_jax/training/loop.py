@@ -151,7 +151,8 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
             run.step += 1
             steps_since += 1
             now = time.perf_counter()
-            if run.step % cfg.log_every == 0 or run.step == cfg.num_train_steps:
+            out_of_time = budget is not None and elapsed() > budget
+            if run.step % cfg.log_every == 0 or run.step == cfg.num_train_steps or out_of_time:
                 dt = (now - t_last) / steps_since
                 tok_s = tokens_per_step / dt
                 mfu = run.flops_per_token * tok_s / run.peak if run.peak else None
@@ -163,7 +164,6 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", mfu="n/a" if mfu is None else f"{mfu:.1%}")
                 t_last, steps_since = time.perf_counter(), 0
             bar.update(1)
-            out_of_time = budget is not None and elapsed() > budget
             is_last = run.step == cfg.num_train_steps or out_of_time
             eval_now = run.step % cfg.eval_every == 0 or is_last
             save_now = run.step % cfg.checkpoint_every == 0 or eval_now
@@ -278,5 +278,5 @@ def suggested_prompt(run: Run) -> str:
     head = np.asarray(run.data.train[:256]).tolist()
     eot = run.tokenizer.eot_id
     head = head[:head.index(eot)] if eot in head else head
-    words = run.tokenizer.decode(head).replace("\ufffd", "").split()
+    words = run.tokenizer.decode(head).replace("\ufffd", "").replace("\ufeff", "").split()     # (and a BOM)
     return " ".join(words[:3]) or "The"

@@ -22,7 +22,7 @@ from microrwkv_jax.families import model_config_from
 from microrwkv_jax.paths import user_path, user_pattern
 from microrwkv_jax.sharding import MESH_AXES
 
-# Every key a run reads unconditionally (`compilation_cache`, `distributed`, `keep_checkpoints`,
+# Every key a run reads unconditionally (`compilation_cache`, `cpu_devices`, `distributed`, `keep_checkpoints`,
 # `loss_chunk_elements`, `max_train_minutes`, `mesh`, `param_dtype`, `peak_flops` and
 # `valid_story_samples` are optional).
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
@@ -32,7 +32,7 @@ REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "o
 REQUIRED_DATA_KEYS = ("num_train_stories", "num_val_stories", "story_seed", "val_fraction", "text_field",
                       "tfds_data_dir", "tfds_val_split", "cache_dir")
 POSITIVE_KEYS = ("num_train_steps", "batch_size", "eval_every", "grad_accum_steps", "log_every", "checkpoint_every",
-                 "keep_checkpoints", "eval_batches", "loss_chunk_elements")
+                 "keep_checkpoints", "eval_batches", "loss_chunk_elements", "cpu_devices")
 
 
 def validate_config(cfg) -> None:

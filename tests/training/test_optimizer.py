@@ -48,3 +48,19 @@ def test_every_family_decays_exactly_its_linear_maps(preset):
     assert all(name.endswith("kernel") or name == "head" for name in decayed), sorted(decayed)
     if preset == "published":
         assert "blocks/0/moe/experts_kernel" in decayed and "blocks/0/moe/experts_bias" not in decayed
+
+
+def test_the_learning_rate_follows_the_steps_or_the_time_budget_whichever_ends_first():
+    import optax
+    from microrwkv_jax.training.optimizer import learning_rate_at
+    cfg = ml_collections.ConfigDict(dict(learning_rate=2e-3, min_learning_rate=1e-4, warmup_steps=10,
+                                         num_train_steps=110, max_train_minutes=None))
+    steps = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 10, 110, 1e-4)       # the optax schedule it replaced
+    for step in (0, 1, 5, 10, 11, 60, 109, 110, 200):
+        assert learning_rate_at(cfg, step) == pytest.approx(float(steps(step)), rel=1e-6, abs=1e-12)
+    cfg.max_train_minutes = 2.0          # 120 s: the time decides long before step 110
+    assert learning_rate_at(cfg, 5, elapsed_seconds=100.0) == pytest.approx(1e-3)            # still warming up
+    assert learning_rate_at(cfg, 20, elapsed_seconds=60.0) == pytest.approx((2e-3 + 1e-4) / 2)   # half the budget
+    assert learning_rate_at(cfg, 30, elapsed_seconds=120.0) == pytest.approx(1e-4)             # the budget's end
+    assert learning_rate_at(cfg, 30, elapsed_seconds=500.0) == pytest.approx(1e-4)
+    assert learning_rate_at(cfg, 110, elapsed_seconds=1.0) == pytest.approx(1e-4)              # steps end first
