@@ -10,9 +10,10 @@
     python bench.py vs-torch [--size small|table]
     python bench.py load [--load_preset rwkv4-1b5 | --checkpoint PATH]
     python bench.py profile-decode [--size table] [--families rwkv,gpt] [--contexts 1024]
+    python bench.py profile-train --config configs/tiny.py [--steps 10]   # where a training step's time goes
     python bench.py startup [--checkpoint out]      # time to first token / first step, cold and warm
     python bench.py prepare [--prepare_mb 2048] [--prepare_workers 1,2]   # data preparation vs a plain loop
-    python bench.py text [--text ../shared/text/anna.txt]   # a user's text: nanoGPT's CPU recipe vs configs/text.py
+    python bench.py text --text novel.txt [--nanogpt DIR]   # a user's text: nanoGPT's CPU recipe vs configs/text.py
 
 Every figure is printed with the device, JAX version, dtype and shapes; with --json each
 measurement is one JSON object per line. For gpt2 and rwkv4, generate and eval time `transformers`'
@@ -25,14 +26,14 @@ import sys
 
 from absl import app, logging
 
-from benchmarks import (attention, evaluate, generate, load, prepare, profile_decode, startup, text, train,
-                        vs_torch, wkv)
+from benchmarks import (attention, evaluate, generate, load, prepare, profile_decode, profile_train, startup, text,
+                        train, vs_torch, wkv)
 from benchmarks.common import FLAGS     # (defines the flags)
 
 COMMANDS = {"train": train.run, "generate": generate.run, "eval": evaluate.run, "wkv": wkv.run,
             "attention": attention.run, "vs-torch": vs_torch.run, "load": load.run,
             "profile-decode": profile_decode.run, "startup": startup.run, "prepare": prepare.run,
-            "text": text.run}
+            "text": text.run, "profile-train": profile_train.run}
 
 
 def main(argv):

@@ -41,11 +41,14 @@ flags.DEFINE_string("windows", "64,global", "attention: windows to measure ('glo
 flags.DEFINE_string("dtype", "auto", "compute dtype: auto (bf16 on GPU, f32 on CPU), float32, bfloat16")
 flags.DEFINE_float("peak_flops", None, "device peak FLOP/s for MFU (known GPUs are detected)")
 flags.DEFINE_bool("compile_only", False, "train: report XLA's memory analysis of the compiled step, run nothing")
-flags.DEFINE_string("text", os.path.join("..", "shared", "text", "anna.txt"), "text: the text file of the race")
-flags.DEFINE_string("nanogpt", os.path.join("..", "shared", "peers", "nanogpt"), "text: nanoGPT's model.py, train.py, "
-                    "configurator.py and config/ (MIT, unmodified)")
+flags.DEFINE_string("text", None, "text: the text file of the race (e.g. a 2 MB novel)")
+flags.DEFINE_string("nanogpt", os.environ.get("MICRORWKV_NANOGPT_DIR"), "text: a directory with nanoGPT's model.py, "
+                    "train.py, configurator.py and config/ (MIT, unmodified; default: $MICRORWKV_NANOGPT_DIR)")
 flags.DEFINE_integer("nanogpt_iters", 2000, "text: nanoGPT's max_iters (and lr_decay_iters), its README's recipe")
 flags.DEFINE_string("text_config", "configs/text.py", "text: our config")
+flags.DEFINE_integer("throughput_steps", 300, "text: steps of our trainer at nanoGPT's shapes, for tokens/s (0: none)")
+flags.DEFINE_string("throughput_families", "gpt:1,gpt:2,rwkv:2,hybrid:2", "text: FAMILY:CPU_DEVICES whose tokens/s "
+                    "at nanoGPT's shapes are measured")
 flags.DEFINE_float("our_minutes", None, "text: our training budget (default: ends our run at nanoGPT's wall time, "
                    "then at half of it)")
 flags.DEFINE_string("topology", None, "train --compile_only: compile for this TPU topology (e.g. v5e:2x2, v5p:2x2x1) "

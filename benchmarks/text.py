@@ -1,7 +1,10 @@
 """bench.py text: a user's own text on this CPU, nanoGPT's CPU recipe against our text config,
 in one run, each side timed alone, in its own process, from its command.
 
-    python bench.py text [--text ../shared/text/anna.txt] [--nanogpt ../shared/peers/nanogpt] [--out bench_out/text]
+    python bench.py text --text novel.txt [--nanogpt NANOGPT_DIR] [--out bench_out/text]
+
+(--nanogpt defaults to $MICRORWKV_NANOGPT_DIR: nanoGPT's model.py, train.py, configurator.py and
+config/, unmodified; its prepare.py downloads, so the data is written here instead.)
 
   1. The text is read as written (UTF-8; CRLF, BOM and all kept) and split by characters as
      nanoGPT's char-level prepare.py splits it: the first 90% to train, the last 10% held out.
@@ -18,6 +21,11 @@ in one run, each side timed alone, in its own process, from its command.
      characters: the window score (nanoGPT's: windows of block_size, every position counted) and
      the full-context score, in nats per character. nanoGPT's first held-out character is read
      after the last training character (it has no end-of-text); ours after end-of-text.
+
+  5. With --throughput_steps N, our trainer at nanoGPT's shapes (4 x 128, block 64, batch 12) runs
+     N steps for each of --throughput_families (FAMILY:CPU_DEVICES; by default gpt on one CPU
+     device, then on one per core, `cpu_devices=2`, rwkv and the hybrid):
+     tokens/s from the trainer's own log, against nanoGPT's from its log (median step times).
 
 Every figure is one JSON line (--json) with the wall time from the command, the time to the
 first step, tokens/s of the training steps, and the scores.
@@ -156,19 +164,46 @@ def run_ours(out: pathlib.Path, name: str, minutes: float) -> dict:
             "full_context": final["full_context"], "window_chars": final["window_tokens"]}
 
 
+def run_throughput(out: pathlib.Path, family: str, cpu_devices: int, steps: int) -> dict:
+    """Tokens/s of our trainer (its loop, as train.py runs it) at nanoGPT's shapes: `family` at
+    4 x 128, block 64, batch 12, on the same text, alone, in its own process."""
+    run_dir = out / f"throughput_{family}_{cpu_devices}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = [sys.executable, "train.py", f"--config={FLAGS.text_config}", f"--config.dataset={out / 'train.txt'}",
+            f"--config.data.val_dataset={out / 'val.txt'}", f"--config.out_dir={run_dir}",
+            f"--config.data.cache_dir={out / 'throughput_data_cache'}", f"--config.model.family={family}",
+            "--config.model.n_layer=4", "--config.model.n_embd=128", "--config.model.n_head=4",
+            "--config.model.n_kv_head=4", "--config.model.block_size=64", "--config.batch_size=12",
+            f"--config.cpu_devices={cpu_devices}", f"--config.num_train_steps={steps}", "--config.max_train_minutes=60",
+            f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}"]
+    timed_command(argv, REPO)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]      # (the first holds compiling)
+    return {"side": f"ours {family} at nanoGPT's shapes", "family": family, "cpu_devices": cpu_devices,
+            "steps": steps, "tokens_per_s": float(np.median(rates)), "command": " ".join(argv[1:])}
+
+
 def run() -> None:
     out = pathlib.Path(FLAGS.out) / "text" if FLAGS.out == "bench_out" else pathlib.Path(FLAGS.out)
     out = out.absolute()
     out.mkdir(parents=True, exist_ok=True)
+    if not FLAGS.text or not pathlib.Path(FLAGS.text).is_file():
+        raise SystemExit(f"bench.py text: --text={FLAGS.text}: no such file (the text of the race)")
+    if not FLAGS.nanogpt or not (pathlib.Path(FLAGS.nanogpt) / "train.py").is_file():
+        raise SystemExit(f"bench.py text: --nanogpt={FLAGS.nanogpt}: no nanoGPT train.py there (give the directory "
+                         "with its model.py, train.py, configurator.py and config/, or set MICRORWKV_NANOGPT_DIR)")
     text = pathlib.Path(FLAGS.text)
-    if not text.is_file():
-        raise SystemExit(f"bench.py text: --text={FLAGS.text}: no such file")
     split = split_text(text, out)
     emit({"bench": "text", "side": "data", "text": str(text), **split})
     peer = run_nanogpt(out, FLAGS.nanogpt_iters)
     peer.update(score_nanogpt(peer.pop("checkpoint"), out))
     emit({"bench": "text", **peer})
     wall = peer["wall_s"]
+    if FLAGS.throughput_steps:        # our step against nanoGPT's at its shapes, each alone
+        for family, devices in (item.split(":") for item in FLAGS.throughput_families.split(",")):
+            ours = run_throughput(out, family, int(devices), FLAGS.throughput_steps)
+            emit({"bench": "text", **ours, "nanogpt_tokens_per_s": peer["tokens_per_s"],
+                  "vs_nanogpt": ours["tokens_per_s"] / peer["tokens_per_s"]})
     for name, fraction in (("equal_time", 1.0), ("half_time", 0.5)):
         minutes = FLAGS.our_minutes if FLAGS.our_minutes else max(wall * fraction - OVERHEAD_SECONDS, 5.0) / 60
         ours = run_ours(out, name, minutes)

@@ -38,9 +38,25 @@ def tpu_topology_devices(name: str) -> list:
                          "needs libtpu, the tpu-compile extra (pip install -e '.[tpu-compile]')") from None
 
 
+def setup(cfg, devices) -> tuple:
+    """(model config, codec, ShardedSteps, the record of its shapes) of the config's train step on `devices`."""
+    mc = model_config_from(cfg.model, tokenizer_vocab_size(cfg.tokenizer), devices[0].platform)
+    codec = ParamCodec(abstract_model(mc))
+    steps = ShardedSteps(codec, cfg, get_family(mc.arch).param_axes, make_mesh(cfg.get("mesh"), devices))
+    shapes = {"family": cfg.model.family, "arch": mc.arch, "dtype": mc.dtype,
+              "params": sum(int(np.prod(s)) for s in codec.shapes.values()), "batch": cfg.batch_size,
+              "grad_accum_steps": cfg.grad_accum_steps, "block": mc.block_size, "n_layer": mc.n_layer,
+              "n_embd": mc.n_embd, "mesh": dict(steps.mesh.shape)}
+    return mc, codec, steps, shapes
+
+
+def random_batch(steps: ShardedSteps, batch_shape, vocab: int):
+    return jax.device_put(np.random.default_rng(0).integers(0, vocab, batch_shape).astype(np.int32),
+                          steps.batch_sharding)
+
+
 def run() -> None:
     cfg = FLAGS.config
-    vocab = tokenizer_vocab_size(cfg.tokenizer)
     with cfg.unlocked():
         if FLAGS.dtype != "auto":
             cfg.model.dtype = FLAGS.dtype
@@ -48,22 +64,16 @@ def run() -> None:
         raise SystemExit("bench.py train: --topology compiles for a TPU this machine does not have: add --compile_only")
     devices = tpu_topology_devices(FLAGS.topology) if FLAGS.topology else jax.devices()
     platform = devices[0].platform
-    mc = model_config_from(cfg.model, vocab, platform)
-    codec = ParamCodec(abstract_model(mc))
-    steps = ShardedSteps(codec, cfg, get_family(mc.arch).param_axes, make_mesh(cfg.get("mesh"), devices))
+    mc, codec, steps, shapes = setup(cfg, devices)
+    shapes = {"bench": "train", **shapes}
     batch_shape = (cfg.batch_size, mc.block_size + 1)
-    shapes = {"bench": "train", "family": cfg.model.family, "arch": mc.arch, "dtype": mc.dtype,
-              "params": sum(int(np.prod(s)) for s in codec.shapes.values()), "batch": cfg.batch_size,
-              "grad_accum_steps": cfg.grad_accum_steps, "block": mc.block_size, "n_layer": mc.n_layer,
-              "n_embd": mc.n_embd, "mesh": dict(steps.mesh.shape)}
     if FLAGS.compile_only:
         compile_only(steps, batch_shape, {**shapes, "target": FLAGS.topology or platform,
                                           "target_device": devices[0].device_kind, "target_devices": len(devices)})
         return
 
     params, opt_state = steps.init(codec.flat(build_model(mc, seed=0)))
-    rng = np.random.default_rng(0)
-    batch = jax.device_put(rng.integers(0, vocab, batch_shape).astype(np.int32), steps.batch_sharding)
+    batch = random_batch(steps, batch_shape, mc.vocab_size)
     state = [params, opt_state]
 
     def run_step():

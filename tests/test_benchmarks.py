@@ -121,6 +121,16 @@ def test_prepare_against_the_plain_loop(gpt2_bpe):
     assert all(r["peak_rss_bytes"] > 0 and r["tokens_per_s"] > 0 for r in rows) and rows[2]["speed_vs_loop"] > 0
 
 
+def test_profile_train_attributes_the_step_to_sub_layers():
+    (row,) = bench("profile-train", "--config", str(REPO / "configs/tiny.py"), "--config.model.n_layer=1",
+                   "--config.model.n_embd=32", "--config.model.block_size=32", "--config.batch_size=2",
+                   "--steps", "2", "--warmup", "1")
+    assert row["step_ms"] > 0 and 0 < row["matmul_share"] < 1
+    for scope in ("time_mix", "channel_mix", "swa", "gqa", "moe", "head", "optimizer"):
+        assert row["by_scope"][scope] > 0, (scope, row["by_scope"])
+    assert {t["direction"] for t in row["top"]} >= {"forward", "backward"}
+
+
 def test_text_race_smoke(tmp_path):
     """bench.py text end to end, shortened: nanoGPT's own train.py and ours on the same text,
     both scored by one scorer on the same held-out characters."""
@@ -128,14 +138,16 @@ def test_text_race_smoke(tmp_path):
     nanogpt = os.environ.get("MICRORWKV_NANOGPT_DIR")
     if not nanogpt or not (pathlib.Path(nanogpt) / "train.py").is_file():
         pytest.skip("nanoGPT's files not available: set MICRORWKV_NANOGPT_DIR to a directory with its model.py, "
-                    "train.py, configurator.py and config/ (CI: ../shared/peers/nanogpt)")
+                    "train.py, configurator.py and config/ (.ci/run sets it)")
     from microrwkv_jax.data import stories
     texts, _ = stories.generate_stories(400, 11)
     text = tmp_path / "text.txt"
     text.write_bytes(("\r\n\r\n".join(texts) + "\r\n").encode())
     rows = bench("text", "--text", str(text), "--nanogpt", nanogpt, "--nanogpt_iters", "10", "--our_minutes", "0.03",
-                 "--out", str(tmp_path / "race"))
-    data, peer, ours = rows
+                 "--throughput_steps", "12", "--throughput_families", "gpt:2", "--out", str(tmp_path / "race"))
+    data, peer, throughput, ours = rows
+    assert (throughput["family"], throughput["cpu_devices"], throughput["steps"]) == ("gpt", 2, 12)
+    assert throughput["tokens_per_s"] > 0 and throughput["vs_nanogpt"] > 0
     chars = len(text.read_bytes().decode())
     assert data["val_chars"] == chars - int(chars * 0.9) and data["train_chars"] == int(chars * 0.9)
     assert peer["side"] == "nanogpt" and peer["steps"] == 10 and peer["wall_s"] > 0 and peer["tokens_per_s"] > 0

@@ -51,8 +51,9 @@ def make_loss_fn(codec: ParamCodec, aux_weight: float, data_shards: int = 1,
         x, _, aux = model.features(batch[:, :-1])
         rows, t = batch.shape[0] // data_shards, batch.shape[1] - 1
         chunk = loss_chunk_len(rows, t, model.config.vocab_size, loss_chunk_elements)
-        ce = tied_cross_entropy(x, model.output_embedding(), batch[:, 1:], model.config.vocab_size, chunk,
-                                data_shards)
+        with jax.named_scope("head"):
+            ce = tied_cross_entropy(x, model.output_embedding(), batch[:, 1:], model.config.vocab_size, chunk,
+                                    data_shards)
         return ce + aux_weight * aux["moe_aux_loss"], (ce, aux["moe_aux_loss"])
     return loss_fn
 
@@ -76,9 +77,10 @@ def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_wei
         zeros = (jax.tree.map(jnp.zeros_like, params), 0.0, 0.0, 0.0)
         (grads, loss, ce, aux), _ = jax.lax.scan(accumulate, zeros, micro)
         grads, loss, ce, aux = jax.tree.map(lambda g: g / grad_accum_steps, (grads, loss, ce, aux))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: learning_rate * u, updates)
-        params = optax.apply_updates(params, updates)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates = jax.tree.map(lambda u: learning_rate * u, updates)
+            params = optax.apply_updates(params, updates)
         grad_norm = optax.global_norm(grads)
         # A finite loss is not enough: a NaN gradient or an overflowing update poisons the parameters.
         params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))

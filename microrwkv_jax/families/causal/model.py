@@ -12,6 +12,7 @@ generation is not bounded by `block_size`.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -57,8 +58,9 @@ class Block(nnx.Module):
         new_state, aux = {}, {}
         for name in self.names:
             sublayer, norm = getattr(self, name), getattr(self, f"norm_{name}")
-            h, new_state[name], sublayer_aux = sublayer(norm(x), start=start,
-                                                        state=None if state is None else state[name])
+            with jax.named_scope(name):      # (names the sub-layer's ops in profiles: bench.py profile-train)
+                h, new_state[name], sublayer_aux = sublayer(norm(x), start=start,
+                                                            state=None if state is None else state[name])
             aux.update(sublayer_aux)
             x = x + h
         return x, (None if state is None else new_state), aux
