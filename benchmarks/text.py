@@ -16,7 +16,9 @@ config/, unmodified; its prepare.py downloads, so the data is written here inste
      command is W.
   3. Ours runs `train.py --config configs/text.py` twice, with empty data and compilation caches:
      with a budget that ends it at about W (the first target: a lower loss at nanoGPT's own wall
-     time) and at about W / 2 (the second: nanoGPT's final loss in half its time).
+     time) and at about W / 2 (the second: nanoGPT's final loss in half its time). The budget is
+     the target wall time less our time outside training (start-up, compiling, the final
+     scores): assumed OVERHEAD_SECONDS for the first run, then what the first run took.
   4. Both models are scored by one scorer (`microrwkv_jax.training.scoring`) on the same held-out
      characters: the window score (nanoGPT's: windows of block_size, every position counted) and
      the full-context score, in nats per character. nanoGPT's first held-out character is read
@@ -33,6 +35,7 @@ first step, tokens/s of the training steps, and the scores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -52,7 +55,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # nanoGPT's README CPU recipe ("~3 minutes", val loss 1.88), on top of its shakespeare_char config.
 NANOGPT_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--block_size=64", "--batch_size=12",
                  "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
-OVERHEAD_SECONDS = 14.0    # ours, outside the training budget: start-up, compiling, the final scores, saving
+# Ours, outside the training budget (start-up, compiling, the last step past the budget, saving,
+# the final scores): assumed for the first run, then as that run measured it.
+OVERHEAD_SECONDS = 10.0
 
 
 def split_text(path: pathlib.Path, out: pathlib.Path) -> dict:
@@ -119,7 +124,8 @@ def score_nanogpt(checkpoint: str, out: pathlib.Path) -> dict:
     from model import GPT, GPTConfig     # nanoGPT's model.py
     torch.set_num_threads(2)
     ckpt = torch.load(checkpoint, map_location="cpu")
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+    with contextlib.redirect_stdout(sys.stderr):        # (it prints its parameter count)
+        model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict" if "state_dict" in ckpt
                                                                             else "model"].items()})
     model.eval()
@@ -161,7 +167,8 @@ def run_ours(out: pathlib.Path, name: str, minutes: float) -> dict:
             "tokens_per_s": float(np.median(rates)) if rates else None, "model": run["model"],
             "block_size": run["block_size"], "batch_size": run["batch_size"],
             "window_nats_per_char": final["window_nats_per_char"], "full_nats_per_char": final["full_nats_per_char"],
-            "full_context": final["full_context"], "window_chars": final["window_tokens"]}
+            "full_context": final["full_context"], "scored_tokens": final["window_tokens"],
+            "window_chars": final["val_chars"], "full_chars": final["val_chars"]}
 
 
 def run_throughput(out: pathlib.Path, family: str, cpu_devices: int, steps: int) -> dict:
@@ -198,15 +205,16 @@ def run() -> None:
     peer = run_nanogpt(out, FLAGS.nanogpt_iters)
     peer.update(score_nanogpt(peer.pop("checkpoint"), out))
     emit({"bench": "text", **peer})
-    wall = peer["wall_s"]
+    wall, overhead = peer["wall_s"], OVERHEAD_SECONDS
     if FLAGS.throughput_steps:        # our step against nanoGPT's at its shapes, each alone
         for family, devices in (item.split(":") for item in FLAGS.throughput_families.split(",")):
             ours = run_throughput(out, family, int(devices), FLAGS.throughput_steps)
             emit({"bench": "text", **ours, "nanogpt_tokens_per_s": peer["tokens_per_s"],
                   "vs_nanogpt": ours["tokens_per_s"] / peer["tokens_per_s"]})
     for name, fraction in (("equal_time", 1.0), ("half_time", 0.5)):
-        minutes = FLAGS.our_minutes if FLAGS.our_minutes else max(wall * fraction - OVERHEAD_SECONDS, 5.0) / 60
+        minutes = FLAGS.our_minutes if FLAGS.our_minutes else max(wall * fraction - overhead, 5.0) / 60
         ours = run_ours(out, name, minutes)
+        overhead = ours["wall_s"] - 60 * minutes       # what the next run's budget leaves room for, as measured
         emit({"bench": "text", **ours, "nanogpt_wall_s": wall,
               "full_vs_nanogpt": ours["full_nats_per_char"] / peer["full_nats_per_char"] - 1,
               "window_vs_nanogpt": ours["window_nats_per_char"] / peer["window_nats_per_char"] - 1,

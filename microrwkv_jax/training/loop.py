@@ -165,8 +165,9 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
                 t_last, steps_since = time.perf_counter(), 0
             bar.update(1)
             is_last = run.step == cfg.num_train_steps or out_of_time
-            eval_now = run.step % cfg.eval_every == 0 or is_last
-            save_now = run.step % cfg.checkpoint_every == 0 or eval_now
+            # (on a text the final evaluation scores all of it right after: no eval-set score at the end)
+            eval_now = run.step % cfg.eval_every == 0 or (is_last and run.stories)
+            save_now = run.step % cfg.checkpoint_every == 0 or eval_now or is_last
             if eval_now:
                 val = run.evaluate()
                 rate = run.valid_story_rate()

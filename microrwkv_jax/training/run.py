@@ -226,6 +226,7 @@ class Run:
         record.update(scoring.score_record("full", nats, count, info["val_bytes"], info["val_chars"]))
         record.update(full_context="state carried through the text" if stateful else
                       f"windows of {block} tokens, {block // 2 or 1} apart", val_bytes=info["val_bytes"],
+                      val_chars=info["val_chars"],
                       score_seconds=time.perf_counter() - started)
         return record
 

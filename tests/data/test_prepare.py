@@ -192,10 +192,13 @@ def test_cli_prepares_what_train_py_reuses(tmp_path, capsys):
 PREPARE = [sys.executable, "-m", "microrwkv_jax.data.prepare"]
 
 
-def write_big_corpus(path: pathlib.Path, megabytes: float) -> None:
-    """Generated stories, repeated, to `megabytes` of text."""
+def write_big_corpus(path: pathlib.Path, megabytes: float, one_line: bool = False) -> None:
+    """Generated stories, repeated, to `megabytes` of text; `one_line`: with every space and line
+    end taken out (a text with no place to cut it between words: the stream's worst case)."""
     texts, _ = stories.generate_stories(2000, 9)
     block = "\n\n".join(texts) + "\n\n"
+    if one_line:
+        block = "".join(block.split())
     with open(path, "w") as f:
         for _ in range(int(megabytes * 2 ** 20 / len(block)) + 1):
             f.write(block)
@@ -244,9 +247,11 @@ print(own_peak_bytes(), tree.peak)
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     peaks, workers = {}, {}
-    for megabytes in (16, 64):       # both larger than what is read at a time (sources.PIECE_CHARS)
+    # Both larger than what is read at a time (sources.PIECE_CHARS); the larger one a single line
+    # with no space at all, read as one text stream (cut only where no safe place came in four reads).
+    for megabytes in (16, 64):
         corpus = tmp_path / f"corpus{megabytes}.txt"
-        write_big_corpus(corpus, megabytes)
+        write_big_corpus(corpus, megabytes, one_line=megabytes == 64)
         done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, "--dataset", str(corpus), "--cache_dir",
                                str(tmp_path / "cache"), "--piece_mb", "0.25", "--workers", "2"],
                               cwd=REPO, capture_output=True, text=True, timeout=600)
