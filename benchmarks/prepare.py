@@ -3,7 +3,8 @@
     python bench.py prepare [--prepare_mb 2048] [--prepare_tokenizer gpt2] [--prepare_workers 1,2]
                             [--prepare_corpus PATH]
 
-Writes a `.txt` of generated stories (blank-line separated, repeated to --prepare_mb MiB) unless
+Writes a `.txt` of generated stories (blank-line separated and read as such documents,
+`--txt_split blank_lines`; repeated to --prepare_mb MiB) unless
 --prepare_corpus names one, then, each in a fresh process:
   * the peer: a plain single-threaded loop, `tiktoken`'s `encode_ordinary` over every document
     of the file (read and split by the same reader), writing nothing;
@@ -40,7 +41,7 @@ from microrwkv_jax.data import sources
 from microrwkv_jax.data.tokenizers import get_tokenizer
 enc = get_tokenizer(sys.argv[2]).enc
 started, tokens = time.perf_counter(), 0
-for chunk in sources.text_file_batches(sys.argv[1]):
+for chunk in sources.text_file_batches(sys.argv[1], "blank_lines"):
     for document in chunk.documents():
         tokens += len(enc.encode_ordinary(document)) + 1
 print(tokens, time.perf_counter() - started, own_peak_bytes(), own_peak_bytes())
@@ -99,7 +100,8 @@ def run() -> None:
             cache_dir = pathlib.Path(tmp) / f"cache-{workers}"
             tokens, seconds, rss, tree_rss = measure(OURS, ["--dataset", str(corpus), "--tokenizer",
                                                               FLAGS.prepare_tokenizer, "--cache_dir", str(cache_dir),
-                                                              "--workers", str(workers)])
+                                                              "--workers", str(workers), "--txt_split",
+                                                              "blank_lines"])
             emit({**common, "method": f"microrwkv_jax.data.prepare, {workers} workers", "workers": workers,
                   "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_bytes": rss,
                   "peak_rss_with_workers_bytes": tree_rss, "speed_vs_loop": tokens / seconds / peer_rate})

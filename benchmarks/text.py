@@ -16,7 +16,8 @@ config/, unmodified; its prepare.py downloads, so the data is written here inste
      command is W.
   3. Ours runs `train.py --config configs/text.py` twice, with empty data and compilation caches:
      with a budget that ends it at about W (the first target: a lower loss at nanoGPT's own wall
-     time) and at about W / 2 (the second: nanoGPT's final loss in half its time). The budget is
+     time) and at about 0.45 W (the second: nanoGPT's final loss in at most half its time, with
+     room for our start-up's variation). The budget is
      the target wall time less our time outside training (start-up, compiling, the final
      scores): assumed OVERHEAD_SECONDS for the first run, then what the first run took.
   4. Both models are scored by one scorer (`microrwkv_jax.training.scoring`) on the same held-out
@@ -57,7 +58,7 @@ NANOGPT_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--block_
                  "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
 # Ours, outside the training budget (start-up, compiling, the last step past the budget, saving,
 # the final scores): assumed for the first run, then as that run measured it.
-OVERHEAD_SECONDS = 10.0
+OVERHEAD_SECONDS = 12.0
 
 
 def split_text(path: pathlib.Path, out: pathlib.Path) -> dict:
@@ -211,7 +212,8 @@ def run() -> None:
             ours = run_throughput(out, family, int(devices), FLAGS.throughput_steps)
             emit({"bench": "text", **ours, "nanogpt_tokens_per_s": peer["tokens_per_s"],
                   "vs_nanogpt": ours["tokens_per_s"] / peer["tokens_per_s"]})
-    for name, fraction in (("equal_time", 1.0), ("half_time", 0.5)):
+    # The second run aims at 45% of W: our time outside training varies by a second or two.
+    for name, fraction in (("equal_time", 1.0), ("within_half_time", 0.45)):
         minutes = FLAGS.our_minutes if FLAGS.our_minutes else max(wall * fraction - overhead, 5.0) / 60
         ours = run_ours(out, name, minutes)
         overhead = ours["wall_s"] - 60 * minutes       # what the next run's budget leaves room for, as measured

@@ -44,7 +44,8 @@ def test_a_text_file_trains_for_its_budget_and_is_scored_whole(tmp_path):
     assert final["full_nats_per_byte"] == final["full_nats_per_char"] * final["val_bytes"] / final["val_bytes"]
     assert 0 < final["full_nats_per_byte"] < final["window_nats_per_byte"] + 0.05
     steps = [r for r in records if "learning_rate" in r]
-    assert 1e-4 <= steps[-1]["learning_rate"] < 1.2e-4 < 1e-3 < steps[1]["learning_rate"]   # the minimum at the end
+    rates = [r["learning_rate"] for r in steps]        # after warmup: down the cosine to the minimum at the end
+    assert rates == sorted(rates, reverse=True) and 1e-4 <= rates[-1] < 1.2e-4 < rates[0] and len(rates) >= 2
     # eval_only scores the same text the same way.
     evaluated = run("train.py", "--config=configs/text.py", *common, "--config.eval_only=True")
     assert f"eval: held-out text of {held:,} bytes, every byte scored: " in evaluated.stderr
