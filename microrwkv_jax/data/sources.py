@@ -118,8 +118,9 @@ class StreamPiece:
 def safe_cut(buffer: bytes) -> int:
     """Where `buffer` can be cut so that tokenising both sides apart gives the tokens of the whole,
     late in it, or -1: before a space that precedes a non-space byte (GPT-2-style pre-tokenisers
-    start a token there: " word", " 42", " !"), else after a line end that precedes one. The byte
-    tokenizer is indifferent to cuts; the others see whole pre-tokens on each side."""
+    start a token there: " word", " 42", " !"), else after a line end between two non-space bytes
+    (a lone "\n" is a pre-token of its own; "\r\n" is one only as a whole). The byte tokenizer is
+    indifferent to cuts; the others see whole pre-tokens on each side."""
     at = len(buffer) - 1
     while True:
         at = buffer.rfind(b" ", 0, at)
@@ -132,7 +133,8 @@ def safe_cut(buffer: bytes) -> int:
         at = buffer.rfind(b"\n", 0, at)
         if at < 0:
             return -1
-        if buffer[at + 1:at + 2] and not buffer[at + 1:at + 2].isspace():
+        after, before = buffer[at + 1:at + 2], buffer[at - 1:at] if at else b" "
+        if after and not after.isspace() and not before.isspace():
             return at + 1
 
 

@@ -98,6 +98,11 @@ def test_bpe_tokens_of_a_stream_in_pieces_equal_the_whole_texts(tmp_path, gpt2_b
                         workers=2)
         assert list(np.asarray(data.train)) == tok.encode(whole[:len(whole) - held].decode())
         assert list(np.asarray(data.val)) == tok.encode(whole[len(whole) - held:].decode())
+    # Lines with no space: the pieces are cut after line ends (a CRLF kept whole).
+    lines = "".join(f"word{i}.\r\n{i}\nx\r\n\r\n" if i % 3 else f"Line{i};\n" for i in range(400))
+    (tmp_path / "lines.txt").write_bytes(lines.encode())
+    data = prepared(tmp_path / "lines.txt", tmp_path, tok, name="lines", val_dataset=str(path), piece_chars=20)
+    assert list(np.asarray(data.train)) == tok.encode(lines)
     (tmp_path / "bad.txt").write_bytes(b"fine text " * 10 + b"\xff then more")
     with pytest.raises(ValueError, match=r"^dataset: .*bad.txt: not UTF-8 text \(byte 100\); the byte tokenizer "
                                          r"reads any bytes$"):
