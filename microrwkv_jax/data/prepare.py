@@ -24,7 +24,7 @@ How it stays bounded, parallel and safe:
   * Work happens in `{cache}.partial/`; every CHECKPOINT_SECONDS (after a written batch)
     `progress.json` records how far the files are complete (written after the files are synced).
     A rerun after a crash truncates the files to that point and continues from the next
-    document; the result is identical.
+    document (a text stream: from the byte where the files end); the result is identical.
     `{cache}` itself appears only complete (renamed into place after its info.json is written).
   * `{cache}.lock` (an exclusive file lock) makes a second process on the same cache wait for
     the first and then use its result.
@@ -126,14 +126,14 @@ def encode_batch(tokenizer, batch, dtype) -> dict:
         unit = lambda value: np.asarray([value], np.int64)
         encoded = dict(tokens=tokens, unit_tokens=unit(tokens.size), unit_bytes=unit(data.size),
                        unit_chars=unit(int(np.count_nonzero(data & 0xC0 != 0x80))),
-                       unit_starts=np.asarray([batch.first]))
+                       unit_starts=np.asarray([batch.first]), stream=True)
     else:
         documents = sources.batch_documents(batch)
         tokens, lengths = tokenizer.encode_documents(documents)
         encoded = dict(tokens=tokens, unit_tokens=lengths,
                        unit_bytes=np.asarray([len(d.encode("utf-8")) for d in documents], np.int64),
                        unit_chars=np.asarray([len(d) for d in documents], np.int64),
-                       unit_starts=np.ones(len(documents), bool))
+                       unit_starts=np.ones(len(documents), bool), stream=False)
     tokens = encoded["tokens"]
     if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:      # before the cast could wrap it
         raise ValueError(f"tokenizer {tokenizer.name}: produced id {int(tokens.max())} outside its vocabulary")
@@ -146,20 +146,19 @@ def encode_batch(tokenizer, batch, dtype) -> dict:
 class PartialCache:
     """`{cache}.partial/`: the token and start files, appended batch by batch, and progress.json."""
 
-    def __init__(self, directory: pathlib.Path, dtype, piece_chars: int):
+    def __init__(self, directory: pathlib.Path, dtype):
         self.directory, self.dtype = directory, np.dtype(dtype)
         directory.mkdir(parents=True, exist_ok=True)
         self.state = None
         try:
             self.state = json.loads((directory / "progress.json").read_text())
-            # (text streams are resumed by pieces, which depend on the piece size)
-            if (not isinstance(self.state, dict) or self.state.get("dtype") != self.dtype.name
-                    or self.state.get("piece_chars") != piece_chars):
+            if not isinstance(self.state, dict) or self.state.get("dtype") != self.dtype.name:
                 self.state = None
         except (OSError, ValueError):     # none yet, or unreadable: start over (the files are cut to 0)
             pass
         if self.state is None:
-            self.state = {"dtype": self.dtype.name, "piece_chars": piece_chars, "units": 0, "advanced": 0,
+            # units: the source's documents, or a text stream's bytes, that the files hold
+            self.state = {"dtype": self.dtype.name, "units": 0, "advanced": 0,
                           **{f"{part}_{counter}": 0 for part in ("train", "val")
                              for counter in ("tokens", "documents", "bytes", "chars")}}
         # Anything past the recorded sizes was written after the last checkpoint: cut it off.
@@ -177,9 +176,9 @@ class PartialCache:
         return self.state["units"] > 0
 
     def append(self, encoded: dict, held: np.ndarray, advanced: int) -> None:
-        """Append one batch's units (`encode_batch`), each to the held-out part where `held` [units]
-        says, with their document starts; record the new sizes every CHECKPOINT_SECONDS (syncing
-        costs a disk flush; a crash redoes at most that much work)."""
+        """Append one batch (`encode_batch`: documents, or a piece of a text stream), each unit to
+        the held-out part where `held` says, with their document starts; record the new sizes every
+        CHECKPOINT_SECONDS (syncing costs a disk flush; a crash redoes at most that much work)."""
         held_tokens = np.repeat(held, encoded["unit_tokens"])
         for part, mine, mine_tokens in (("train", ~held, ~held_tokens), ("val", held, held_tokens)):
             lengths = encoded["unit_tokens"][mine]
@@ -192,7 +191,7 @@ class PartialCache:
             self.state[f"{part}_documents"] += int(starts.size)
             self.state[f"{part}_bytes"] += int(encoded["unit_bytes"][mine].sum())
             self.state[f"{part}_chars"] += int(encoded["unit_chars"][mine].sum())
-        self.state["units"] += int(held.size)
+        self.state["units"] += int(encoded["unit_bytes"].sum() if encoded["stream"] else held.size)
         self.state["advanced"] += advanced
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
             self.checkpoint()
@@ -270,11 +269,11 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
         if is_complete(cache):            # another process prepared it while this one waited
             return cache
         streams = sources.source_streams(dataset, data_cfg, piece_chars)
-        partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size),
-                               piece_chars)
+        partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size))
         try:
             if partial.resumed and progress:
-                say(f"resuming the preparation of {cache} after {partial.state['units']:,} documents or pieces")
+                what = "bytes" if all(stream.text for stream in streams) else "documents"
+                say(f"resuming the preparation of {cache} after {partial.state['units']:,} {what}")
             _tokenize_streams(streams, tokenizer, partial, workers or os.cpu_count() or 1, progress)
             partial.checkpoint()          # every file complete on disk before info.json is made from them
             partial.finish(_info(dataset, data_cfg, tokenizer, partial, streams), cache)
@@ -313,15 +312,19 @@ def worker_pool(tokenizer, workers: int) -> concurrent.futures.Executor:
 
 def _batches_after(streams: list, skip: int, counted: list) -> Iterator[tuple]:
     """(stream number, batch) for every batch of `streams` in order, after their first `skip`
-    units, documents or stream pieces (resuming: those are in the files already; `counted[s]` gets
-    how many of stream s were skipped). Only skipped batches are split here; the others are split
-    by the workers."""
+    units, documents or a text stream's bytes (resuming: those are in the files already;
+    `counted[s]` gets how many documents of stream s were skipped). Only skipped batches are split
+    here; the others are split by the workers. A text stream resumes at the byte where the files
+    end, which was a cut of the pieces before, whatever the piece size now."""
     for number, stream in enumerate(streams):
         for batch in stream.batches():
             if skip and isinstance(batch, sources.StreamPiece):
-                skip -= 1
-                counted[number] += 1
-                continue
+                taken = min(skip, len(batch.data))
+                skip -= taken
+                if taken == len(batch.data):
+                    continue
+                batch = sources.StreamPiece(batch.data[taken:], batch.path, batch.offset + taken,
+                                            batch.first and not taken)
             if skip:
                 documents = sources.batch_documents(batch)
                 taken = min(skip, len(documents))
@@ -350,7 +353,7 @@ def _tokenize_streams(streams: list, tokenizer, partial: PartialCache, workers: 
             nonlocal tokens_done
             future, number, chars = in_flight.pop(0)
             encoded = future.result()
-            units = encoded["unit_tokens"].size
+            units = encoded["unit_tokens"].size        # documents, or one piece of a text stream
             held = streams[number].held_out(counted[number], units)
             counted[number] += units
             advance = chars if unit == "B" else units

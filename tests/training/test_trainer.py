@@ -390,10 +390,17 @@ def test_a_step_too_large_for_the_device_is_refused_before_it_runs(tmp_path):
 
 
 def test_empty_data_and_unwritable_out_dir(tmp_path):
-    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "empty.txt").write_text("")
     done = train_cli(tmp_path / "run", f"--config.dataset={tmp_path}/empty.txt", check=False)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"train.py: error: dataset: '{tmp_path}/empty.txt' holds no text"
+    (tmp_path / "blank.txt").write_text("\n\n")         # a text as written: two bytes, too few to hold any out
+    done = train_cli(tmp_path / "run", f"--config.dataset={tmp_path}/blank.txt", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: dataset: '{tmp_path}/blank.txt' gives 2 training and 0 held-out bytes "
+        "(data.val_fraction=0.02); need some of each: raise data.val_fraction, use more text or give the held-out "
+        "text as data.val_dataset")
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     done = train_cli(blocker / "run", check=False, cache=tmp_path / "data_cache")
