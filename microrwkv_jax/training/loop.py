@@ -80,10 +80,15 @@ def _train_holding_lock(cfg, run: Run, out: pathlib.Path, started: float, config
             f"(scored at the end)")
     if latest is not None:
         say(f"resumed from {shown_path(out / 'checkpoints' / str(latest))} at step {latest}")
-        if not cfg.eval_only and run.step >= cfg.num_train_steps:
+        budget_spent = bool(cfg.get("max_train_minutes")) and run.train_seconds >= 60 * cfg.max_train_minutes
+        if not cfg.eval_only and (run.step >= cfg.num_train_steps or budget_spent):
             manager.close()
-            say(f"{shown_path(out)}: this run is complete (step {run.step} of num_train_steps={cfg.num_train_steps}); "
-                "raise --config.num_train_steps to train on, or use a new --config.out_dir")
+            if run.step >= cfg.num_train_steps:
+                say(f"{shown_path(out)}: this run is complete (step {run.step} of num_train_steps="
+                    f"{cfg.num_train_steps}); raise --config.num_train_steps to train on, or use a new --config.out_dir")
+            else:
+                say(f"{shown_path(out)}: this run is complete (its max_train_minutes={cfg.max_train_minutes} spent at "
+                    f"step {run.step}); raise --config.max_train_minutes to train on, or use a new --config.out_dir")
             final = completed_final_evaluation(run, metrics_path)
             if jax.process_index() == 0:
                 summarise(run, out, final, say)

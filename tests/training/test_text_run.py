@@ -46,6 +46,12 @@ def test_a_text_file_trains_for_its_budget_and_is_scored_whole(tmp_path):
     steps = [r for r in records if "learning_rate" in r]
     rates = [r["learning_rate"] for r in steps]        # after warmup: down the cosine to the minimum at the end
     assert rates == sorted(rates, reverse=True) and 1e-4 <= rates[-1] < 1.2e-4 < rates[0] and len(rates) >= 2
+    # The same command again: the budget is spent, so the run is complete and nothing trains.
+    again = run("train.py", "--config=configs/text.py", *common, "--config.max_train_minutes=0.05",
+                "--config.warmup_steps=2")
+    assert f"{out}: this run is complete (its max_train_minutes=0.05 spent at step {final['step']}); raise " \
+           "--config.max_train_minutes to train on" in again.stderr
+    assert again.stderr.strip().splitlines()[-4:] == lines[-4:]
     # eval_only scores the same text the same way.
     evaluated = run("train.py", "--config=configs/text.py", *common, "--config.eval_only=True")
     assert f"eval: held-out text of {held:,} bytes, every byte scored: " in evaluated.stderr
