@@ -128,3 +128,16 @@ def test_a_split_that_leaves_no_training_window_is_one_line(tmp_path):
                                          r"\(data.val_fraction=0.02\); need some of each: raise data.val_fraction, "
                                          r"use more text or give the held-out text as data.val_dataset$"):
         prepared(path, tmp_path)
+
+
+def test_data_settings_no_source_can_use_are_one_line_errors():
+    for overrides, dataset, message in [
+            (dict(txt_split="paragraphs"), "my.txt", "data.txt_split='paragraphs': expected one of 'stream', 'eot', "
+                                                     "'blank_lines'"),
+            (dict(val_dataset="held.txt"), "stories", "data.val_dataset: only for a dataset of local files, not "
+                                                      "'stories' (it has its own held-out part)"),
+            (dict(val_dataset=""), "my.txt", "data.val_dataset='': a path or glob of held-out files, or None"),
+            (dict(val_fraction=1.0), "my.txt", "data.val_fraction=1.0: must be between 0 and 1")]:
+        with pytest.raises(ValueError) as error:
+            prepare.check_source_config(data_cfg("unused", **overrides), dataset)
+        assert str(error.value) == message
