@@ -5,16 +5,18 @@ Sources (the `dataset` config key; `microrwkv_jax.data.sources` reads them, stre
   "stories"      the built-in story corpus (`microrwkv_jax.data.stories`), with its entropy floor;
   "tfds:NAME"    a TFDS text dataset prepared as array_record, read by `tfds.data_source`
                  (no TensorFlow needed); the text field is `data.text_field`;
-  a path/glob    local `.txt` files (documents separated by <|endoftext|> or blank lines),
-                 `.jsonl` files (one JSON object per line) and `.parquet` files, text in
-                 `data.text_field`; every 1/val_fraction-th document is held out.
+  a path/glob    local `.txt` files, read as written as one text stream whose last val_fraction
+                 is held out (or as documents, `data.txt_split`), `.jsonl` and `.parquet` files
+                 (documents, text in `data.text_field`); or `data.val_dataset` is the held-out part.
 
 Training batches are random windows of block_size + 1 tokens whose offsets are a pure function
-of (seed, step), so a resumed run sees exactly the batches it would have seen. Validation uses
-whole held-out documents packed into windows that start at a document start, so every scored
-token has its full document context (and the entropy floor applies to exactly those tokens).
-Nothing here reads a token file whole: batches index the memory maps, validation reads at most
-MAX_VAL_TOKENS held-out tokens, and the n-gram baselines a bounded sample of the training stream.
+of (seed, step), so a resumed run sees exactly the batches it would have seen. The built-in
+corpus's validation uses whole held-out stories packed into windows that start at a document
+start, so every scored token has its full story context (and the entropy floor applies to
+exactly those tokens); any other held-out text is scored whole by `microrwkv_jax.training.scoring`.
+Nothing here reads a token file whole: batches index the memory maps, the story windows read at
+most MAX_VAL_TOKENS held-out tokens, and the n-gram baselines a bounded sample of the training
+stream.
 """
 
 from __future__ import annotations

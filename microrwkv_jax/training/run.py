@@ -59,8 +59,11 @@ def flat_config(tree: dict, prefix: str = "") -> dict:
 
 def run_key_differences(saved: dict, now: dict) -> list:
     """[(key, saved value, current value)] for the RUN_KEYS where two configs (JSON dicts) differ;
-    paths compare as absolute paths (older checkpoints recorded them as given)."""
+    paths compare as absolute paths (older checkpoints recorded them as given). A data setting an
+    older checkpoint did not record (`data.txt_split`, `data.val_dataset`) is compared only for a
+    dataset of local files, the only data it changes."""
     saved, now = flat_config(saved), flat_config(now)
+    local_files = now.get("dataset") != "stories" and not str(now.get("dataset", "")).startswith("tfds:")
 
     def normal(key, value):
         if key in PATH_KEYS and isinstance(value, str) and value not in ("scratch", "stories", *TOKENIZERS) \
@@ -69,7 +72,8 @@ def run_key_differences(saved: dict, now: dict) -> list:
         return value
 
     keys = sorted(k for k in set(saved) | set(now)
-                  if k.split(".")[0] in RUN_KEYS and k not in RUN_KEYS_EXEMPT)
+                  if k.split(".")[0] in RUN_KEYS and k not in RUN_KEYS_EXEMPT
+                  and (k in saved or local_files or not k.startswith("data.")))
     return [(k, saved.get(k), now.get(k)) for k in keys if normal(k, saved.get(k)) != normal(k, now.get(k))]
 
 

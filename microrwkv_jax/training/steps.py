@@ -62,7 +62,8 @@ def make_train_step(codec: ParamCodec, optimizer, grad_accum_steps: int, aux_wei
                     data_shards: int = 1, loss_chunk_elements: Optional[int] = None):
     """(params, opt_state, batch [B, T+1], learning_rate) -> (params, opt_state, metrics); jit it
     with shardings. `learning_rate` scales the optimizer's update (the trainer's optimizer has a
-    unit rate, `make_optimizer`; the default 1 leaves another optimizer's own rate). The loss is `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches.
+    unit rate, `make_optimizer`; the default 1 leaves another optimizer's own rate). The loss is
+    `make_loss_fn`'s; gradients are averaged over `grad_accum_steps` micro-batches.
     metrics: loss, ce, moe_aux, grad_norm, and params_finite (every updated parameter is finite)."""
     loss_fn = make_loss_fn(codec, aux_weight, data_shards, loss_chunk_elements)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -120,8 +120,8 @@ def test_a_text_with_no_newline_or_space_streams_in_bounded_pieces(tmp_path):
     assert [p.first for p in pieces[:2]] == [True, False]
 
 
-def test_a_split_that_leaves_no_training_window_is_one_line(tmp_path):
-    from microrwkv_jax.training.run import TrainingError  # noqa: F401  (the trainer's message: tests/training)
+def test_a_text_too_small_to_hold_any_out_is_one_line(tmp_path):
+    # (too small for a training window: tests/training/test_text_run.py, the trainer's message)
     path = tmp_path / "tiny.txt"
     path.write_bytes(b"abc")
     with pytest.raises(ValueError, match=r"^dataset: '.*tiny.txt' gives 3 training and 0 held-out bytes "

@@ -1,5 +1,7 @@
 """The training config's checks: every key a run reads is required, by name."""
 
+import json
+
 import pytest
 
 from configs.tiny import get_config
@@ -26,3 +28,17 @@ def test_a_data_section_lacking_a_key_is_refused_naming_it(key):
     with pytest.raises(ValueError) as err:
         validate_config(cfg)
     assert str(err.value) == f"config: missing key 'data.{key}'"
+
+
+def test_a_data_setting_an_older_checkpoint_did_not_record_counts_only_for_local_files():
+    """Checkpoints from before data.txt_split / data.val_dataset resume on the built-in stories
+    (the settings change nothing there) and are refused on a .txt (they change how it reads)."""
+    from microrwkv_jax.training.run import run_key_differences
+    now = json.loads(get_config().to_json_best_effort())
+    older = json.loads(get_config().to_json_best_effort())
+    for key in ("txt_split", "val_dataset"):
+        del older["data"][key]
+    assert run_key_differences(older, now) == []
+    older["dataset"] = now["dataset"] = "/data/my.txt"
+    assert run_key_differences(older, now) == [("data.txt_split", None, "stream")]
+    assert run_key_differences(now, now) == []
