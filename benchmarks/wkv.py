@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import FLAGS, compute_dtype, emit, timed
-from microrwkv_jax import wkv
+from microrwkv_jax.ops import wkv5
 
 
 def run() -> None:
@@ -19,8 +19,8 @@ def run() -> None:
     w = jnp.asarray(rng.uniform(0.5, 0.999, h), jnp.float32)
     u = jnp.asarray(rng.standard_normal(h), jnp.float32)
     s0 = jnp.zeros((b, h, n, n), jnp.float32)
-    forms = [(f"chunked_q{q}", (lambda q: lambda *a: wkv.wkv_chunked(*a, chunk_size=q))(int(q)))
-             for q in FLAGS.chunks.split(",")] + [("scan", wkv.wkv_scan)]
+    forms = [(f"chunked_q{q}", (lambda q: lambda *a: wkv5.wkv5_chunked(*a, chunk_size=q))(int(q)))
+             for q in FLAGS.chunks.split(",")] + [("scan", wkv5.wkv5_scan)]
     for name, fn in forms:
         fwd = jax.jit(lambda r, k, v: fn(r, k, v, w, u, s0)[0])
         loss = lambda r, k, v: jnp.sum(fn(r, k, v, w, u, s0)[0].astype(jnp.float32) ** 2)
@@ -29,7 +29,7 @@ def run() -> None:
             sec = timed(lambda: jax.block_until_ready(f(r, k, v)), FLAGS.warmup, FLAGS.repeats)
             emit({"bench": "wkv", "form": name, "mode": mode, "B": b, "T": t, "H": h, "N": n,
                   "dtype": str(dtype), "ms": sec * 1e3})
-    step = jax.jit(lambda r, k, v, s: wkv.wkv_step(r, k, v, w, u, s))
+    step = jax.jit(lambda r, k, v, s: wkv5.wkv5_step(r, k, v, w, u, s))
     sec = timed(lambda: jax.block_until_ready(step(r[:, 0], k[:, 0], v[:, 0], s0)), FLAGS.warmup, FLAGS.repeats)
     emit({"bench": "wkv", "form": "step", "mode": "forward (one token)", "B": b, "T": 1, "H": h, "N": n,
           "dtype": str(dtype), "ms": sec * 1e3})

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from microrwkv_jax.wkv4 import wkv4_initial_state, wkv4_scan, wkv4_step
+from microrwkv_jax.ops.wkv4 import wkv4_initial_state, wkv4_scan, wkv4_step
 from tests.helpers import rel_err
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from microrwkv_jax import wkv
+from microrwkv_jax.ops import wkv5
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
 
@@ -92,10 +92,10 @@ class TimeMix(nnx.Module):
         w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))
         u = self.time_faaaa[...].astype(jnp.float32)
         if t == 1:
-            y, wkv_state = wkv.wkv_step(r[:, 0], k[:, 0], v[:, 0], w, u, state["wkv"])
+            y, wkv_state = wkv5.wkv5_step(r[:, 0], k[:, 0], v[:, 0], w, u, state["wkv"])
             y = y[:, None].astype(x.dtype)
         else:
-            y, wkv_state = wkv.wkv_chunked(r, k, v, w, u, state["wkv"], self.chunk_size)
+            y, wkv_state = wkv5.wkv5_chunked(r, k, v, w, u, state["wkv"], self.chunk_size)
         y = self.ln_x(y.reshape(b, t, c))
         return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, {}
 

@@ -19,7 +19,7 @@ from microrwkv_jax.layers.linears import STD, linear, linear_map_param
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.layers.rwkv import token_shift
-from microrwkv_jax.wkv4 import wkv4_initial_state, wkv4_scan, wkv4_step
+from microrwkv_jax.ops.wkv4 import wkv4_initial_state, wkv4_scan, wkv4_step
 
 
 def check_config(config: ModelConfig) -> None:

@@ -1,24 +1,29 @@
-"""The RWKV "x051a" WKV operator in three forms: chunked (training), scan (reference), step (decoding).
+"""The WKV operator of RWKV-5 and RWKV-6 (and of MicroRWKV's x051a, which is RWKV-5's with one
+decay per head), in three forms: chunked (training), scan (reference), step (decoding).
 
-Per batch row and head, with key/value channels N and an N x N float32 state S:
+Per batch row and head, with key/value channels N and an N x N float32 state S[key, value]:
 
-    y_t     = r_t @ (S_t + u * k_t^T v_t)
-    S_{t+1} = w * S_t + k_t^T v_t
+    y_t     = r_t @ (S_t + diag(u) k_t^T v_t)
+    S_{t+1} = diag(w_t) S_t + k_t^T v_t
 
-so  y_t = sum_{s<t} w^(t-s-1) (r_t . k_s) v_s + u (r_t . k_t) v_t  +  w^t r_t @ S_0.
+so, for a constant per-head decay, y_t = sum_{s<t} w^(t-s-1) (r_t . k_s) v_s + u (r_t . k_t) v_t
++ w^t r_t @ S_0. The decay w multiplies the state's key rows:
 
-All three forms share one calling convention:
+    x051a, RWKV-5.1:  w [H]             one decay per head
+    RWKV-5.2:         w [H, N]          one per key channel
+    RWKV-6:           w [B, T, H, N]    one per token and key channel (data-dependent)
 
-    y, final_state = wkv_*(r, k, v, w, u, initial_state)
+and the bonus u is [H] or [H, N]. All three forms share one calling convention:
+
+    y, final_state = wkv5_*(r, k, v, w, u, initial_state)
 
     r, k, v:        [B, T, H, N]   (any float dtype; y comes back in r's dtype)
-    w:              [H]            decay per head, in (0, 1)
-    u:              [H]            bonus for the current token
     initial_state:  [B, H, N, N]   float32 (zeros to start a sequence)
 
-`wkv_step` takes one token, r, k, v: [B, H, N]. The state and every decay factor are float32
-whatever the activation dtype, and the decay is only ever raised to non-negative powers (no
-`w^t * w^-s` factorisation: w^-s overflows for the strong decays that trained models learn).
+`wkv5_step` takes one token: r, k, v [B, H, N] and w [H], [H, N] or [B, H, N]. `wkv5_chunked`
+takes one decay per head. The state and every decay factor are float32 whatever the activation
+dtype, and decays are only ever multiplied in or raised to non-negative powers (no `w^t * w^-s`
+factorisation: w^-s overflows for the strong decays that trained models learn).
 """
 
 from __future__ import annotations
@@ -29,23 +34,34 @@ import jax.numpy as jnp
 F32 = jnp.float32
 
 
-def wkv_step(r, k, v, w, u, state):
-    """One token. r, k, v: [B, H, N]; state [B, H, N, N] -> (y [B, H, N], new state)."""
+def key_rows(a):
+    """A decay or bonus ([H], [H, N] or [B, H, N]) as a float32 factor of the state's key rows,
+    broadcasting against [B, H, N, N]."""
+    a = a.astype(F32)
+    return a[:, None, None] if a.ndim == 1 else a[..., None]
+
+
+def wkv5_step(r, k, v, w, u, state):
+    """One token. r, k, v: [B, H, N]; state [B, H, N, N] -> (y [B, H, N] float32, new state)."""
     r, k, v = (a.astype(F32) for a in (r, k, v))
-    w, u = w.astype(F32)[:, None, None], u.astype(F32)[:, None, None]
     kv = k[..., :, None] * v[..., None, :]                       # [B, H, N, N]
-    y = jnp.einsum("bhi,bhij->bhj", r, state + u * kv)
-    return y, w * state + kv
+    y = jnp.einsum("bhi,bhij->bhj", r, state + key_rows(u) * kv)
+    return y, key_rows(w) * state + kv
 
 
-def wkv_scan(r, k, v, w, u, initial_state):
-    """The reference form: `jax.lax.scan` of `wkv_step` over the T axis."""
-    def step(state, rkv):
-        y, state = wkv_step(*rkv, w, u, state)
+def wkv5_scan(r, k, v, w, u, initial_state):
+    """The reference form: `jax.lax.scan` of `wkv5_step` over the T axis. A per-token decay
+    w [B, T, H, N] is scanned with the tokens."""
+    per_token = w.ndim == 4
+
+    def step(state, xs):
+        rt, kt, vt, wt = xs
+        y, state = wkv5_step(rt, kt, vt, wt if per_token else w, u, state)
         return state, y
 
     time_major = [jnp.swapaxes(a, 0, 1) for a in (r, k, v)]     # [T, B, H, N]
-    final_state, y = jax.lax.scan(step, initial_state.astype(F32), time_major)
+    decays = jnp.swapaxes(w, 0, 1) if per_token else jnp.zeros((r.shape[1],), F32)
+    final_state, y = jax.lax.scan(step, initial_state.astype(F32), (*time_major, decays))
     return jnp.swapaxes(y, 0, 1).astype(r.dtype), final_state
 
 
@@ -72,10 +88,11 @@ def _wkv_chunk(r, k, v, w, u, state):
     return y, new_state
 
 
-def wkv_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64):
-    """The training form: exact attention-like products inside chunks of `chunk_size` tokens,
-    the state carried between chunks by `lax.scan`. T need not be a multiple of the chunk size:
-    the remainder is one shorter chunk (never zero-padded, which would decay the state)."""
+def wkv5_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64):
+    """The training form, for one decay per head (w, u: [H]): exact attention-like products inside
+    chunks of `chunk_size` tokens, the state carried between chunks by `lax.scan`. T need not be a
+    multiple of the chunk size: the remainder is one shorter chunk (never zero-padded, which would
+    decay the state)."""
     b, t, h, n = r.shape
     dtype = r.dtype
     w, u = w.astype(F32), u.astype(F32)
