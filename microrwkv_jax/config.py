@@ -37,6 +37,9 @@ class ModelConfig:
       gqa_window: same for grouped-query attention; None means global causal attention.
       num_experts, num_active_experts, expert_dim: MoE router size, top-k and width.
       mlp_ratio: hidden width of the GPT baseline's MLP as a multiple of C.
+      ffn_dim: hidden width of the RWKV-5/6/7 channel mix; None: the family's rule for the width.
+      lora_dims: ranks of the RWKV-6/7 low-rank projections (RWKV-6: token-shift mix, decay;
+        RWKV-7: decay, in-context learning rate, value residual, gate); (): the family's rule.
       layers: the sub-layers of each causal block, in order (default: the hybrid block).
       bias: biases on the RWKV linear layers and the final LayerNorm.
       chunk_size: tokens per chunk Q of the chunked WKV operator.
@@ -57,6 +60,8 @@ class ModelConfig:
     num_active_experts: int = 2
     expert_dim: int = 512
     mlp_ratio: int = 4
+    ffn_dim: Optional[int] = None
+    lora_dims: tuple = ()
     layers: tuple = HYBRID_LAYERS
     bias: bool = False
     chunk_size: int = 64
@@ -66,6 +71,7 @@ class ModelConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "lora_dims", tuple(self.lora_dims))
         if self.n_kv_head is None:
             object.__setattr__(self, "n_kv_head", max(1, self.n_head // 4))
         self.validate()
@@ -88,6 +94,11 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self.fail(field, "must be a positive integer")
+        if self.ffn_dim is not None and (not isinstance(self.ffn_dim, int) or isinstance(self.ffn_dim, bool)
+                                         or self.ffn_dim < 1):
+            self.fail("ffn_dim", "must be None (the family's rule) or a positive integer")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.lora_dims):
+            self.fail("lora_dims", "must be positive integers")
         if self.n_embd % self.n_head:
             self.fail("n_embd", f"must be divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -111,6 +122,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        d["lora_dims"] = list(self.lora_dims)
         return d
 
     @classmethod

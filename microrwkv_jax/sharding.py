@@ -43,6 +43,7 @@ LOGICAL_AXIS_RULES = {
     "embed": None,           # the residual width C: every layer reads all of it
     "experts": None,         # a handful of experts; every expert runs on every token
     "positions": None,       # rows of a learned position embedding
+    "lora": None,            # the small inner dimension of a low-rank (LoRA) projection
 }
 
 

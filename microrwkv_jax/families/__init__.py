@@ -1,6 +1,6 @@
 """The registry of model families: the one place a family plugs in.
 
-    FAMILIES = {"causal": ..., "published": ..., "gpt2": ..., "rwkv4": ...}     # ModelConfig.arch -> Family
+    FAMILIES = {"causal": ..., "published": ..., "gpt2": ..., "rwkv4": ..., "rwkv5": ..., "rwkv6": ..., "rwkv7": ...}
 
 Everything outside a family's own subpackage reaches it through the functions below: configs
 from presets, building a model, its FLOP count, how it generates, how its PyTorch checkpoints
@@ -16,10 +16,11 @@ from typing import Optional
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig, resolve_dtype
-from microrwkv_jax.families import causal, gpt2, published, rwkv4
+from microrwkv_jax.families import causal, gpt2, published, rwkv4, rwkv5, rwkv6, rwkv7
 from microrwkv_jax.families.family import Family
 
-FAMILIES = {family.arch: family for family in (causal.FAMILY, published.FAMILY, gpt2.FAMILY, rwkv4.FAMILY)}
+FAMILIES = {family.arch: family for family in (causal.FAMILY, published.FAMILY, gpt2.FAMILY, rwkv4.FAMILY,
+                                               rwkv5.FAMILY, rwkv6.FAMILY, rwkv7.FAMILY)}
 # Preset name -> (family, ModelConfig field overrides): what `model.family` names in a training config.
 PRESETS = {name: (family, overrides) for family in FAMILIES.values() for name, overrides in family.presets.items()}
 

@@ -1,8 +1,9 @@
-"""RWKV x051a time mixing (WKV attention) and channel mixing, with explicit recurrent state.
+"""RWKV x051a time mixing (WKV attention) and channel mixing, with explicit recurrent state, and
+the pieces BlinkDL's RWKV generations share: the token shift, RWKV-4/5's interpolated channel mix.
 
-Both take the previous token's input vector explicitly, so that a sequence can be fed
-all at once, in pieces, or one token at a time with identical results. Both take the
-sub-layer interface `__call__(x, *, start, state) -> (y, new_state, aux)`.
+All take the previous token's input vector explicitly, so that a sequence can be fed
+all at once, in pieces, or one token at a time with identical results. TimeMix and ChannelMix
+take the causal family's sub-layer interface `__call__(x, *, start, state) -> (y, new_state, aux)`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from microrwkv_jax.layers.normalization import HeadGroupNorm
 def token_shift(x, previous):
     """x: [B, T, C], previous: [B, C] (the token before x[:, 0]) -> [B, T, C] with row t = x[:, t-1]."""
     return jnp.concatenate([previous[:, None, :].astype(x.dtype), x[:, :-1]], axis=1)
+
+
+def lerp(x, shifted, mix):
+    """x * mix + shifted * (1 - mix): RWKV-4/5's token-shift interpolation."""
+    mix = mix.astype(x.dtype)
+    return x * mix + shifted * (1 - mix)
 
 
 def _ratios(layer_id: int, n_layer: int):
@@ -101,7 +108,8 @@ class TimeMix(nnx.Module):
 
 
 class ChannelMix(nnx.Module):
-    """RWKV channel mix: sigmoid(receptance(xr)) * value(relu(key(xk))^2), hidden width 3C."""
+    """RWKV channel mix: sigmoid(receptance(xr)) * value(relu(key(xk))^2), hidden width 3C (x051a)
+    or `hidden` (RWKV-6), with the token shift as x + (previous - x) * time_maa."""
 
     # Logical axes of its parameters, for sharding (microrwkv_jax.sharding).
     PARAM_AXES = {
@@ -114,14 +122,15 @@ class ChannelMix(nnx.Module):
     }
 
     def __init__(self, n_embd: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs,
-                 bias: bool = False, dtype=jnp.float32):
+                 bias: bool = False, dtype=jnp.float32, hidden: int | None = None):
         self.n_embd = n_embd
+        hidden = hidden or 3 * n_embd
         _, r1 = _ratios(layer_id, n_layer)
         ramp = 1.0 - _channel_ramp(n_embd) ** r1
         self.time_maa_k = nnx.Param(jnp.asarray(ramp, jnp.float32))
         self.time_maa_r = nnx.Param(jnp.asarray(ramp, jnp.float32))
-        self.key = linear(n_embd, 3 * n_embd, rngs=rngs, bias=bias, dtype=dtype)
-        self.value = linear(3 * n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype)
+        self.key = linear(n_embd, hidden, rngs=rngs, bias=bias, dtype=dtype)
+        self.value = linear(hidden, n_embd, rngs=rngs, bias=bias, dtype=dtype)
         self.receptance = linear(n_embd, n_embd, rngs=rngs, bias=bias, dtype=dtype)
 
     def init_state(self, batch: int, max_len: int = 0):
@@ -137,3 +146,24 @@ class ChannelMix(nnx.Module):
         hidden = jnp.square(nnx.relu(self.key(xk)))
         out = nnx.sigmoid(self.receptance(xr)) * self.value(hidden)
         return out, {"shift": x[:, -1].astype(jnp.float32)}, {}
+
+
+class LerpChannelMix(nnx.Module):
+    """RWKV-4/5's channel mix: sigmoid(receptance(xr)) * value(relu(key(xk))^2) with the token
+    shift interpolated, x * time_mix + previous * (1 - time_mix)."""
+
+    def __init__(self, c: int, hidden: int, layer_id: int, n_layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        _, r1 = _ratios(layer_id, n_layer)
+        ramp = _channel_ramp(c) ** r1
+        self.time_mix_k = nnx.Param(jnp.asarray(ramp, jnp.float32))
+        self.time_mix_r = nnx.Param(jnp.asarray(ramp, jnp.float32))
+        self.key = linear(c, hidden, rngs=rngs, dtype=dtype)
+        self.receptance = linear(c, c, rngs=rngs, dtype=dtype)
+        self.value = linear(hidden, c, rngs=rngs, dtype=dtype, std=STD / np.sqrt(2 * n_layer))
+
+    def __call__(self, x, *, state):
+        """x [B, T, C]; state {"shift": [B, C]} -> (out [B, T, C], new state)."""
+        xx = token_shift(x, state["shift"])
+        hidden = jnp.square(nnx.relu(self.key(lerp(x, xx, self.time_mix_k[...]))))
+        out = nnx.sigmoid(self.receptance(lerp(x, xx, self.time_mix_r[...]))) * self.value(hidden)
+        return out, {"shift": x[:, -1].astype(jnp.float32)}

@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from microrwkv_jax.config import ModelConfig
+from microrwkv_jax.families.blinkdl import generation
 from microrwkv_jax.families.rwkv4.model import check_config
 from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
@@ -86,8 +87,9 @@ def read_hf_checkpoint(hf_config: dict, state_dict: dict):
 
 
 def recognizes_blinkdl(ckpt: dict) -> bool:
-    """BlinkDL's RWKV-4 `.pth`: a bare state dict with emb.weight and blocks.N.att.time_first."""
-    return "emb.weight" in ckpt and "blocks.0.att.time_first" in ckpt
+    """BlinkDL's RWKV-4 `.pth`: a bare state dict with emb.weight and blocks.N.att.time_first,
+    none of the later generations' names."""
+    return generation(ckpt) == "4"
 
 
 def read_blinkdl_checkpoint(ckpt: dict):

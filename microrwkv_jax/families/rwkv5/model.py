@@ -1,0 +1,100 @@
+"""RWKV-5 "Eagle" (BlinkDL's x052, RWKV-5.2; 5.1 files read into it), exactly as BlinkDL's `rwkv`
+package runs it: multi-head matrix-valued WKV with a decay per key channel, a SiLU gate and a
+per-head GroupNorm, RWKV-4's interpolated token shift and channel mix.
+
+    x = x + TimeMix(ln1(x));  x = x + ChannelMix(ln2(x))          (inside the shell of `blinkdl`)
+
+    TimeMix:  r, k, v, g = W_{r,k,v,g} lerp(x, x_{t-1}, time_mix_{r,k,v,g});  heads of N channels
+              y = WKV5(r, k, v, w = exp(-exp(time_decay)) [H, N], u = time_faaaa [H, N])
+              out = W_o (GroupNorm_H(y) * silu(g))
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from microrwkv_jax.config import ModelConfig
+from microrwkv_jax.families.blinkdl import Block, RecurrentLM, heads_state
+from microrwkv_jax.flops import head_flops
+from microrwkv_jax.layers.linears import STD, linear
+from microrwkv_jax.layers.normalization import HeadGroupNorm
+from microrwkv_jax.layers.rwkv import LerpChannelMix, lerp, token_shift
+from microrwkv_jax.ops.wkv5 import wkv5_scan, wkv5_step
+
+LN_X_EPS = 64e-5     # the package's GroupNorm eps: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
+
+
+def ffn_dim(config: ModelConfig) -> int:
+    """The channel mix's width: the config's, or the World models' rule int(3.5 C) rounded down to 32."""
+    return config.ffn_dim or int(config.n_embd * 3.5) // 32 * 32
+
+
+def check_config(config: ModelConfig) -> None:
+    if config.n_kv_head != 1:
+        config.fail("n_kv_head", "RWKV-5/6/7 have no key/value heads: set n_kv_head=1")
+
+
+def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Model FLOPs of one token: r, k, v, g, o and the channel mix's three matrices, the WKV's
+    state products (4 H N^2: read r S, write k^T v) and the head."""
+    c, hidden = config.n_embd, ffn_dim(config)
+    matrices = 5 * c * c + 2 * c * hidden + c * c
+    return config.n_layer * (2 * matrices + 4 * c * config.head_size) + head_flops(c, config.padded_vocab_size)
+
+
+def wkv(r, k, v, w, u, state):
+    """The step form for one token, the scan otherwise (r, k, v [B, T, H, N])."""
+    if r.shape[1] == 1:
+        y, state = wkv5_step(r[:, 0], k[:, 0], v[:, 0], w if w.ndim < 4 else w[:, 0], u, state)
+        return y[:, None], state
+    return wkv5_scan(r, k, v, w, u, state)
+
+
+class TimeMix(nnx.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, *, rngs: nnx.Rngs):
+        c, h, n, dtype = config.n_embd, config.n_head, config.head_size, jnp.dtype(config.dtype)
+        self.n_head, self.head_size = h, n
+        r0, r1 = layer_id / max(config.n_layer - 1, 1), 1.0 - layer_id / config.n_layer
+        ramp = np.arange(c) / c
+        param = lambda a: nnx.Param(jnp.asarray(a, jnp.float32))
+        self.time_mix_k, self.time_mix_v = param(ramp ** r1), param(ramp ** r1 + 0.3 * r0)
+        self.time_mix_r, self.time_mix_g = param(ramp ** (0.5 * r1)), param(ramp ** (0.5 * r1))
+        channel = (np.arange(c) / max(c - 1, 1)).reshape(h, n)
+        self.time_decay = param(-6 + 5 * channel ** (0.7 + 1.3 * r0))
+        self.time_faaaa = param(r0 * (1 - channel) + 0.1 * ((np.arange(c).reshape(h, n) + 1) % 3 - 1))
+        make = lambda std=STD: linear(c, c, rngs=rngs, dtype=dtype, std=std)
+        self.receptance, self.key, self.value, self.gate = make(), make(), make(), make()
+        self.output = make(STD / np.sqrt(2 * config.n_layer))
+        self.ln_x = HeadGroupNorm(c, h, eps=LN_X_EPS)
+
+    def init_state(self, batch: int) -> dict:
+        return heads_state(batch, self.n_head, self.head_size)
+
+    def __call__(self, x, state, shared=None):
+        """x [B, T, C]; state {"shift": [B, C], "wkv": [B, H, N, N]} -> (out [B, T, C], new state, shared)."""
+        b, t, c = x.shape
+        xx = token_shift(x, state["shift"])
+        heads = lambda a: a.reshape(b, t, self.n_head, self.head_size)             # [B, T, H, N]
+        r = heads(self.receptance(lerp(x, xx, self.time_mix_r[...])))
+        k = heads(self.key(lerp(x, xx, self.time_mix_k[...])))
+        v = heads(self.value(lerp(x, xx, self.time_mix_v[...])))
+        g = nnx.silu(self.gate(lerp(x, xx, self.time_mix_g[...])))
+        w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))            # [H, N]
+        y, wkv_state = wkv(r, k, v, w, self.time_faaaa[...], state["wkv"])
+        y = self.ln_x(y.reshape(b, t, c)).astype(x.dtype)
+        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, shared
+
+
+class RWKV5(RecurrentLM):
+    """`model(tokens [B, T])` -> float32 logits [B, T, vocab_size]."""
+
+    arch = "rwkv5"
+    check_config = staticmethod(check_config)
+
+    @staticmethod
+    def make_block(config: ModelConfig, layer_id: int, rngs: nnx.Rngs) -> Block:
+        ffn = LerpChannelMix(config.n_embd, ffn_dim(config), layer_id, config.n_layer, rngs=rngs,
+                             dtype=jnp.dtype(config.dtype))
+        return Block(config, TimeMix(config, layer_id, rngs=rngs), ffn, rngs=rngs)

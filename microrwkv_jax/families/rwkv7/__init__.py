@@ -1,0 +1,36 @@
+"""RWKV-7 "Goose" (BlinkDL's x070), for its pretrained checkpoints: run, sample at constant cost
+per token, fine-tune. Presets rwkv7 (= rwkv7-0.1b), rwkv7-0.4b, rwkv7-1.5b, rwkv7-2.9b: the World
+models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
+
+from microrwkv_jax.decoding import generate_recurrent
+from microrwkv_jax.families.family import Family, TorchCheckpointFormat
+from microrwkv_jax.families.rwkv5 import SHELL_AXES, TOKENIZER, presets
+from microrwkv_jax.families.rwkv7 import checkpoint_names
+from microrwkv_jax.families.rwkv7.model import RWKV7, check_config, forward_flops_per_token
+
+PARAM_AXES = {
+    **{k: v for k, v in SHELL_AXES.items() if "receptance" not in k},
+    "blocks/*/att/*/kernel": ("embed", "heads"),                # receptance, key, value
+    "blocks/*/att/r_k": ("heads", "embed"),                     # [H, N]
+    "blocks/*/att/?1": ("embed", "lora"),                       # LoRAs w, a, v, g: [C, D] and [D, C]
+    "blocks/*/att/?2": ("lora", "embed"),
+    "blocks/*/att/*": ("embed",),                               # x_*, w0, a0, v0, k_k, k_a
+}
+PRESETS = presets({"rwkv7": (12, 768), "rwkv7-0.1b": (12, 768), "rwkv7-0.4b": (24, 1024),
+                   "rwkv7-1.5b": (24, 2048), "rwkv7-2.9b": (32, 2560)}, {})
+
+FAMILY = Family(
+    arch="rwkv7",
+    presets=PRESETS,
+    model_class=RWKV7,
+    check_config=check_config,
+    forward_flops_per_token=forward_flops_per_token,
+    recurrent=True,
+    stateful_score=lambda config: True,
+    generate=generate_recurrent,
+    describe=lambda config: "RWKV-7",
+    torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes,
+                                           read=checkpoint_names.read_checkpoint,
+                                           parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
+    param_axes=PARAM_AXES,
+)
