@@ -20,8 +20,9 @@ def main(argv=None) -> int:
                                       "DIR-converted for a directory)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--keep_optimizer", action="store_true", help="also keep the torch optimizer state")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer recorded for sampling: byte, gpt2 or a "
-                        "tokenizer.json path (default: the family's, gpt2 for the published model)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer recorded for sampling: byte, gpt2, world, "
+                        "a tokenizer.json or a World vocabulary .txt path (default: the family's: gpt2 for the "
+                        "published model, world for RWKV-5/6/7)")
     args = parser.parse_args(argv)
     from microrwkv_jax.convert import convert_to_model_dir
     try:

@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     # JAX's persistent compilation cache (microrwkv_jax/compilation_cache.py says where): a repeated
     # or resumed run loads its compiled steps instead of compiling them again.
     c.compilation_cache = True
-    c.tokenizer = "byte"              # byte, gpt2 or a tokenizer.json path
+    c.tokenizer = "byte"              # byte, gpt2, world (RWKV-5/6/7) or a tokenizer.json path
     c.dataset = "stories"             # the built-in corpus, a path/glob of .txt/.jsonl/.parquet, or tfds:NAME
     c.data = ml_collections.ConfigDict()
     c.data.num_train_stories = 40000  # built-in corpus: stories generated for training

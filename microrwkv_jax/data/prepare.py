@@ -268,7 +268,8 @@ def prepare_cache(dataset: str, data_cfg, tokenizer, *, workers: Optional[int] =
     with exclusive_lock(cache.with_name(cache.name + ".lock"), say):
         if is_complete(cache):            # another process prepared it while this one waited
             return cache
-        streams = sources.source_streams(dataset, data_cfg, piece_chars)
+        streams = sources.source_streams(dataset, data_cfg, piece_chars,
+                                         getattr(tokenizer, "stream_cut", sources.safe_cut))
         partial = PartialCache(cache.with_name(cache.name + ".partial"), token_dtype(tokenizer.vocab_size))
         try:
             if partial.resumed and progress:

@@ -146,10 +146,11 @@ def utf8_boundary(buffer: bytes, at: int) -> int:
     return at
 
 
-def byte_range_pieces(path: str, start: int, end: int, read_bytes: int) -> Iterator[StreamPiece]:
-    """Bytes start .. end - 1 of the file `path` as `StreamPiece`s (first=False), each ending at a
-    `safe_cut`; a stretch with no safe cut in MAX_CARRY_PIECES reads is cut at a character boundary
-    (memory: at most that many reads)."""
+def byte_range_pieces(path: str, start: int, end: int, read_bytes: int,
+                      cut_at=safe_cut) -> Iterator[StreamPiece]:
+    """Bytes start .. end - 1 of the file `path` as `StreamPiece`s (first=False), each ending where
+    `cut_at` says (`safe_cut`, or the tokenizer's own `stream_cut`); a stretch with no cut in
+    MAX_CARRY_PIECES reads is cut at a character boundary (memory: at most that many reads)."""
     buffer, buffer_offset = b"", start
     with open(path, "rb") as f:
         f.seek(start)
@@ -160,7 +161,7 @@ def byte_range_pieces(path: str, start: int, end: int, read_bytes: int) -> Itera
                 raise ValueError(f"dataset: {path}: changed while being read (shorter than its size)")
             position += len(piece)
             buffer += piece
-            cut = safe_cut(buffer)
+            cut = cut_at(buffer)
             if cut <= 0 and len(buffer) >= MAX_CARRY_PIECES * read_bytes:
                 cut = utf8_boundary(buffer, len(buffer) - 1)
             if cut > 0:
@@ -170,12 +171,12 @@ def byte_range_pieces(path: str, start: int, end: int, read_bytes: int) -> Itera
         yield StreamPiece(buffer, path, buffer_offset, False)
 
 
-def stream_pieces(ranges: list, read_bytes: int) -> Iterator[StreamPiece]:
+def stream_pieces(ranges: list, read_bytes: int, cut_at=safe_cut) -> Iterator[StreamPiece]:
     """The stream made of byte ranges [(path, start, end)] of files, in order, as `StreamPiece`s;
     the first one is marked `first`."""
     first = True
     for path, start, end in ranges:
-        for piece in byte_range_pieces(path, start, end, read_bytes):
+        for piece in byte_range_pieces(path, start, end, read_bytes, cut_at):
             if first:
                 piece.first, first = True, False
             yield piece
@@ -342,9 +343,10 @@ def file_batches(path: str, text_field: str, txt_split: str, piece_chars: int = 
     return in_batches(parquet_documents(path, text_field), piece_chars)
 
 
-def local_streams(pattern: str, data_cfg, piece_chars: int = PIECE_CHARS) -> list:
-    """The streams of local files: a text stream split by position (or by `val_dataset`), or
-    documents (numbered across files for the hold-out, or held out as `val_dataset`'s files)."""
+def local_streams(pattern: str, data_cfg, piece_chars: int = PIECE_CHARS, cut_at=safe_cut) -> list:
+    """The streams of local files: a text stream split by position (or by `val_dataset`), cut into
+    pieces where `cut_at` says, or documents (numbered across files for the hold-out, or held out
+    as `val_dataset`'s files)."""
     txt_split, text_field = data_cfg.get("txt_split", "stream"), data_cfg.text_field
     val_pattern = data_cfg.get("val_dataset")
     paths = local_files(pattern)
@@ -360,10 +362,10 @@ def local_streams(pattern: str, data_cfg, piece_chars: int = PIECE_CHARS) -> lis
             val = [(p, 0, os.path.getsize(p)) for p in val_paths]
         else:
             train, val = stream_split(paths, data_cfg.val_fraction)
-        return [Stream(f"{pattern} (train)", size(train), "B", lambda: stream_pieces(train, piece_chars), held=False,
-                       text=True),
-                Stream(f"{pattern} (held out)", size(val), "B", lambda: stream_pieces(val, piece_chars), held=True,
-                       text=True)]
+        return [Stream(f"{pattern} (train)", size(train), "B", lambda: stream_pieces(train, piece_chars, cut_at),
+                       held=False, text=True),
+                Stream(f"{pattern} (held out)", size(val), "B", lambda: stream_pieces(val, piece_chars, cut_at),
+                       held=True, text=True)]
 
     def batches(files):
         return lambda: (batch for path in files for batch in file_batches(path, text_field, txt_split, piece_chars))
@@ -433,11 +435,12 @@ def held_out_stories(num_val: int, seed: int) -> tuple:
     return stories.generate_stories(num_val, held_out_story_seed(seed))
 
 
-def source_streams(dataset: str, data_cfg, piece_chars: int = PIECE_CHARS) -> list:
-    """The streams of the source `dataset` names (see the module docstring)."""
+def source_streams(dataset: str, data_cfg, piece_chars: int = PIECE_CHARS, cut_at=safe_cut) -> list:
+    """The streams of the source `dataset` names (see the module docstring); a text stream is cut
+    into pieces where `cut_at` says (a tokenizer's `stream_cut` where it has one)."""
     if dataset == "stories":
         return story_streams(data_cfg.num_train_stories, data_cfg.num_val_stories, data_cfg.story_seed)
     if dataset.startswith("tfds:"):
         return tfds_streams(dataset[len("tfds:"):], data_cfg.tfds_data_dir, data_cfg.text_field,
                             data_cfg.tfds_val_split, data_cfg.val_fraction)
-    return local_streams(dataset, data_cfg, piece_chars)
+    return local_streams(dataset, data_cfg, piece_chars, cut_at)

@@ -1,6 +1,11 @@
-"""Tokenizers: `byte` (UTF-8 bytes, no files), `gpt2` (tiktoken's BPE, offline from its cache) and
-any Hugging Face `tokenizer.json` given by path (e.g. GPT-NeoX-20B's, for the RWKV-4 Pile
-models), through the `tokenizers` library.
+"""Tokenizers: `byte` (UTF-8 bytes, no files), `gpt2` (tiktoken's BPE, offline from its cache),
+`world` (BlinkDL's RWKV World tokenizer, for RWKV-5/6/7) and any Hugging Face `tokenizer.json`
+given by path (e.g. GPT-NeoX-20B's, for the RWKV-4 Pile models), through the `tokenizers` library.
+
+`world` is greedy longest-match over the bytes of `rwkv_vocab_v20230424.txt` (65,529 tokens of
+1 to 128 bytes; id 0 is end-of-text), encoded by `pyrwkv-tokenizer` (Rust; the same ids as
+BlinkDL's `rwkv` package, tested) and decoded here. Its vocabulary file is the one bundled with
+`pyrwkv-tokenizer`, or $MICRORWKV_WORLD_VOCAB, or any path ending in `.txt` given as the tokenizer.
 
 `gpt2` is tiktoken's `r50k_base` encoding (the same ranks as `gpt2`). Offline, put its BPE
 file into a directory under the name tiktoken caches it by, and point TIKTOKEN_CACHE_DIR there;
@@ -144,12 +149,154 @@ class JSONTokenizer:
         return self.tokenizer.decode([int(t) for t in tokens if 0 <= int(t) < self.vocab_size and int(t) != self.eot_id])
 
 
-TOKENIZER_CLASSES = {"byte": ByteTokenizer, "gpt2": GPT2Tokenizer}
+WORLD_VOCAB = "rwkv_vocab_v20230424.txt"
+WORLD_VOCAB_VARIABLE = "MICRORWKV_WORLD_VOCAB"
+
+
+def world_vocab_path() -> pathlib.Path:
+    """The World vocabulary: $MICRORWKV_WORLD_VOCAB, else the file pyrwkv-tokenizer bundles, else
+    the one in BlinkDL's `rwkv` package."""
+    named = os.environ.get(WORLD_VOCAB_VARIABLE)
+    if named:
+        return pathlib.Path(named)
+    import importlib.util
+    for package in ("pyrwkv_tokenizer", "rwkv"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            candidate = pathlib.Path(list(spec.submodule_search_locations)[0]) / WORLD_VOCAB
+            if candidate.is_file():
+                return candidate
+    raise ValueError(f"tokenizer 'world': no {WORLD_VOCAB} found; install pyrwkv-tokenizer or set {WORLD_VOCAB_VARIABLE}")
+
+
+def read_world_vocab(path) -> list:
+    """The tokens of a World vocabulary file as bytes, by id (id 0, end-of-text, is b""). Each line
+    is `id repr(token) byte-length`; the repr is read as a literal (never evaluated as code), and a
+    line that does not parse, a repeated id or token, or a wrong length is refused naming the line."""
+    import ast
+    path = pathlib.Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"tokenizer {path}: not a readable World vocabulary ({type(err).__name__})") from None
+    by_id, seen = {0: b""}, set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            first, last = line.index(" "), line.rindex(" ")
+            index, length = int(line[:first]), int(line[last:])
+            token = ast.literal_eval(line[first:last].strip())
+            token = token.encode("utf-8") if isinstance(token, str) else token
+            ok = isinstance(token, bytes) and len(token) == length and 0 < index < WorldTokenizer.vocab_size
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            ok = False
+        if not ok or index in by_id or token in seen:
+            raise ValueError(f"tokenizer {path}: line {number} is not `id repr(token) length` of a new "
+                             "token: not a World vocabulary")
+        by_id[index] = token
+        seen.add(token)
+    tokens = [b""] * (max(by_id) + 1)
+    for index, token in by_id.items():
+        tokens[index] = token
+    return tokens
+
+
+def _rust_world_tokenizer(path: str):
+    from pyrwkv_tokenizer import WorldTokenizer as RustWorldTokenizer
+    try:
+        return RustWorldTokenizer(path)
+    except Exception as err:        # (a Rust panic is a BaseException of its own: let it through loudly)
+        raise ValueError(f"tokenizer {path}: pyrwkv-tokenizer cannot read it ({type(err).__name__})") from None
+
+
+class WorldTokenizer:
+    """BlinkDL's RWKV World tokenizer: greedy longest match over bytes; 65,536 ids (65,530 used),
+    end-of-text 0. Text is encoded by pyrwkv-tokenizer; bytes that are not UTF-8 by the same
+    greedy rule here; decoding is here (the Rust decoder panics on ids that end mid-character)."""
+
+    vocab_size = 65536
+    eot_id = 0
+
+    def __init__(self, path=None):
+        path = pathlib.Path(path) if path else world_vocab_path()
+        self.tokens = read_world_vocab(path)
+        self.max_token_bytes = max(map(len, self.tokens))
+        digest = hashlib.sha256(b"\0".join(self.tokens)).hexdigest()[:12]
+        self.path, self.name = str(path), "world" if digest == WORLD_DIGEST else f"world-{digest}"
+        self.fast = _rust_world_tokenizer(self.path)
+        self._ids, self._prefixes = None, None
+
+    def __getstate__(self):      # to worker processes: the Rust tokenizer is rebuilt there, not pickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("fast", "_ids", "_prefixes")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _ids=None, _prefixes=None)
+        self.fast = _rust_world_tokenizer(self.path)
+
+    def encode(self, text: str) -> list:
+        return self.fast.encode(text)
+
+    def encode_documents(self, texts: list) -> tuple:
+        """(uint32 tokens of `texts`, each followed by end-of-text; their lengths)."""
+        return join_documents([np.asarray(ids, np.uint32) for ids in self.fast.encode_batch(texts)], self.eot_id)
+
+    def encode_bytes(self, data: bytes) -> list:
+        """Greedy longest match over any bytes (valid UTF-8 or not), in Python: what BlinkDL's
+        TRIE_TOKENIZER.encodeBytes gives."""
+        if self._ids is None:
+            self._ids = {token: i for i, token in enumerate(self.tokens) if token}
+            self._prefixes = {token[:n] for token in self._ids for n in range(1, len(token) + 1)}
+        ids, prefixes, out, at = self._ids, self._prefixes, [], 0
+        while at < len(data):
+            best, end = at + 1, at + 1
+            while end <= len(data) and data[at:end] in prefixes:
+                if data[at:end] in ids:
+                    best = end
+                end += 1
+            out.append(ids[data[at:best]])
+            at = best
+        return out
+
+    def encode_stream(self, data: bytes) -> np.ndarray:
+        """Tokens of a piece of a text stream: every byte as it is, valid UTF-8 or not."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return np.asarray(self.encode_bytes(data), np.uint32)
+        return np.asarray(self.fast.encode(text), np.uint32)
+
+    def stream_cut(self, buffer: bytes) -> int:
+        """Where a stream's `buffer` (starting at a token boundary) can be cut so that tokenising
+        both sides apart gives the tokens of the whole, late in it, or -1: the start of the last
+        token that begins at least `max_token_bytes` before the buffer's end. Greedy longest match
+        decides a token from the next max_token_bytes bytes only, so every token before it is final."""
+        usable = len(buffer) - self.max_token_bytes
+        if usable <= 0:
+            return -1
+        ids = self.encode_stream(buffer[:len(buffer) - 3] if buffer[-1] >= 0x80 else buffer)
+        ends = np.cumsum([len(self.tokens[i]) for i in ids])
+        starts = ends[ends <= usable]
+        return int(starts[-1]) if starts.size else -1
+
+    def decode_bytes(self, tokens) -> bytes:
+        """The bytes of `tokens` (end-of-text and ids outside the vocabulary dropped)."""
+        return b"".join(self.tokens[int(t)] for t in tokens if 0 < int(t) < len(self.tokens))
+
+    def decode(self, tokens) -> str:
+        return self.decode_bytes(tokens).decode("utf-8", errors="replace")
+
+
+# sha256 of the standard vocabulary's tokens (b"\0".join by id): the file from BlinkDL's rwkv package,
+# pyrwkv-tokenizer's copy (LF line ends) and the CRLF one read the same.
+WORLD_DIGEST = "72bdf50043ab"
+
+TOKENIZER_CLASSES = {"byte": ByteTokenizer, "gpt2": GPT2Tokenizer, "world": WorldTokenizer}
 TOKENIZERS = tuple(TOKENIZER_CLASSES)
 
 
 def is_tokenizer_file(name: str) -> bool:
-    return name.endswith(".json")
+    return name.endswith((".json", ".txt"))
 
 
 def tokenizer_class(name: str) -> type:
@@ -161,8 +308,13 @@ def tokenizer_class(name: str) -> type:
 
 def tokenizer_vocab_size(name: str) -> int:
     """The vocabulary of a tokenizer, loading only a tokenizer.json (never a download)."""
+    if name.endswith(".txt"):
+        return WorldTokenizer.vocab_size
     return JSONTokenizer(name).vocab_size if is_tokenizer_file(name) else tokenizer_class(name).vocab_size
 
 
 def get_tokenizer(name: str):
+    """A tokenizer by name: built-in, a tokenizer.json path, or a World vocabulary (.txt) path."""
+    if name.endswith(".txt"):
+        return WorldTokenizer(name)
     return JSONTokenizer(name) if is_tokenizer_file(name) else tokenizer_class(name)()

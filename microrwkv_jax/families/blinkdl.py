@@ -105,6 +105,22 @@ def block_rows(config: ModelConfig, i: int) -> list:
         f"blocks.{i}.ln2", f"blocks/{i}/ln2", config.n_embd)
 
 
+def time_mix_rows(config: ModelConfig, i: int, matrices: tuple) -> list:
+    """A block's time-mix projections (C x C, in `matrices`) and its ln_x rows."""
+    c, att, o = config.n_embd, f"blocks.{i}.att.", f"blocks/{i}/att/"
+    return ([linear_rows(f"{att}{m}", f"{o}{m}", c, c) for m in matrices]
+            + [(f"{att}ln_x.weight", (c,), f"{o}ln_x/weight", None), (f"{att}ln_x.bias", (c,), f"{o}ln_x/bias", None)])
+
+
+def channel_mix_rows(config: ModelConfig, i: int, mixes: tuple, receptance: bool = True) -> list:
+    """A block's channel-mix rows: its token-shift vectors (`mixes`, e.g. time_mix_k), key,
+    value and (RWKV-4/5/6) receptance, of hidden width config.ffn_dim."""
+    c, hidden, ffn, o = config.n_embd, config.ffn_dim, f"blocks.{i}.ffn.", f"blocks/{i}/ffn/"
+    rows = [vector_row(f"{ffn}{m}", f"{o}{m}", c) for m in mixes]
+    rows += [linear_rows(f"{ffn}key", f"{o}key", c, hidden), linear_rows(f"{ffn}value", f"{o}value", hidden, c)]
+    return rows + ([linear_rows(f"{ffn}receptance", f"{o}receptance", c, c)] if receptance else [])
+
+
 def read_with_table(ckpt: dict, config: ModelConfig, table: list, model_name: str, ignored=()) -> dict:
     """Check every name and shape of `ckpt` against `table` [(BlinkDL name, stored shape, our flat
     name, transform or None)] (the names in `ignored` may be there and are not read), then return

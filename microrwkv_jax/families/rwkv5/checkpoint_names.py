@@ -11,7 +11,7 @@ import numpy as np
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
-from microrwkv_jax.families.blinkdl import block_rows, linear_rows, shell_rows, vector_row
+from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
 from microrwkv_jax.families.rwkv5.model import check_config
 from microrwkv_jax.torch_checkpoint import ConversionError
 
@@ -22,23 +22,20 @@ def parameter_map(config: ModelConfig, decay_shape=None, bonus: str = "time_faaa
     """[(BlinkDL name, stored shape, our flat name, transform or None)]. `decay_shape`/`bonus_shape`:
     RWKV-5.1's per-head [H] (or [H, 1]) tensors, repeated over each head's channels; `bonus`
     "time_first" stores the bonus's logarithm."""
-    c, h, n, hidden = config.n_embd, config.n_head, config.head_size, config.ffn_dim
+    c, h, n = config.n_embd, config.n_head, config.head_size
     per_head = lambda a: np.repeat(np.asarray(a, np.float32).reshape(h, 1), n, axis=1)
     decay = (decay_shape or (h, n), None if decay_shape is None else per_head)
     from_log = (lambda a: np.exp(np.asarray(a, np.float32))) if bonus == "time_first" else None
     widen = (lambda a: per_head(from_log(a) if from_log else a)) if bonus_shape else from_log
     table = shell_rows(config)
     for i in range(config.n_layer):
-        att, ffn, o = f"blocks.{i}.att.", f"blocks.{i}.ffn.", f"blocks/{i}/"
+        att, o = f"blocks.{i}.att.", f"blocks/{i}/"
         table += block_rows(config, i)
         table += [vector_row(f"{att}time_mix_{m}", f"{o}att/time_mix_{m}", c) for m in "kvrg"]
         table += [(f"{att}time_decay", decay[0], f"{o}att/time_decay", decay[1]),
                   (f"{att}{bonus}", bonus_shape or (h, n), f"{o}att/time_faaaa", widen)]
-        table += [linear_rows(f"{att}{m}", f"{o}att/{m}", c, c) for m in ("receptance", "key", "value", "gate", "output")]
-        table += [(f"{att}ln_x.weight", (c,), f"{o}att/ln_x/weight", None), (f"{att}ln_x.bias", (c,), f"{o}att/ln_x/bias", None)]
-        table += [vector_row(f"{ffn}time_mix_{m}", f"{o}ffn/time_mix_{m}", c) for m in "kr"]
-        table += [linear_rows(f"{ffn}key", f"{o}ffn/key", c, hidden), linear_rows(f"{ffn}receptance", f"{o}ffn/receptance", c, c),
-                  linear_rows(f"{ffn}value", f"{o}ffn/value", hidden, c)]
+        table += time_mix_rows(config, i, ("receptance", "key", "value", "gate", "output"))
+        table += channel_mix_rows(config, i, ("time_mix_k", "time_mix_r"))
     return table
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
-from microrwkv_jax.families.blinkdl import block_rows, linear_rows, shell_rows, vector_row
+from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
 from microrwkv_jax.families.rwkv6.model import check_config, lora_dims
 
 NAME = "RWKV-6"
@@ -16,11 +16,11 @@ NAME = "RWKV-6"
 
 def parameter_map(config: ModelConfig):
     """[(BlinkDL name, stored shape, our flat name, transform or None)]."""
-    c, h, n, hidden = config.n_embd, config.n_head, config.head_size, config.ffn_dim
+    c, h, n = config.n_embd, config.n_head, config.head_size
     mix, decay = lora_dims(config)
     table = shell_rows(config)
     for i in range(config.n_layer):
-        att, ffn, o = f"blocks.{i}.att.", f"blocks.{i}.ffn.", f"blocks/{i}/"
+        att, o = f"blocks.{i}.att.", f"blocks/{i}/"
         table += block_rows(config, i)
         table += [vector_row(f"{att}time_maa_{m}", f"{o}att/time_maa_{m}", c) for m in "xwkvrg"]
         table += [(f"{att}time_maa_w1", (c, 5 * mix), f"{o}att/time_maa_w1", None),
@@ -29,11 +29,8 @@ def parameter_map(config: ModelConfig):
                   (f"{att}time_decay_w1", (c, decay), f"{o}att/time_decay_w1", None),
                   (f"{att}time_decay_w2", (decay, c), f"{o}att/time_decay_w2", None),
                   (f"{att}time_faaaa", (h, n), f"{o}att/time_faaaa", None)]
-        table += [linear_rows(f"{att}{m}", f"{o}att/{m}", c, c) for m in ("receptance", "key", "value", "gate", "output")]
-        table += [(f"{att}ln_x.weight", (c,), f"{o}att/ln_x/weight", None), (f"{att}ln_x.bias", (c,), f"{o}att/ln_x/bias", None)]
-        table += [vector_row(f"{ffn}time_maa_{m}", f"{o}ffn/time_maa_{m}", c) for m in "kr"]
-        table += [linear_rows(f"{ffn}key", f"{o}ffn/key", c, hidden), linear_rows(f"{ffn}receptance", f"{o}ffn/receptance", c, c),
-                  linear_rows(f"{ffn}value", f"{o}ffn/value", hidden, c)]
+        table += time_mix_rows(config, i, ("receptance", "key", "value", "gate", "output"))
+        table += channel_mix_rows(config, i, ("time_maa_k", "time_maa_r"))
     return table
 
 

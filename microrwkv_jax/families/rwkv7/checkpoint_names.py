@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
-from microrwkv_jax.families.blinkdl import block_rows, linear_rows, shell_rows, vector_row
+from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
 from microrwkv_jax.families.rwkv7.model import MIXES, check_config, lora_dims
 from microrwkv_jax.torch_checkpoint import ConversionError
 
@@ -19,11 +19,11 @@ LAYER0_UNUSED = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
 def parameter_map(config: ModelConfig):
     """[(BlinkDL name, stored shape, our flat name, transform or None)]."""
-    c, h, n, hidden = config.n_embd, config.n_head, config.head_size, config.ffn_dim
+    c, h, n = config.n_embd, config.n_head, config.head_size
     d_w, d_a, d_v, d_g = lora_dims(config)
     table = shell_rows(config)
     for i in range(config.n_layer):
-        att, ffn, o = f"blocks.{i}.att.", f"blocks.{i}.ffn.", f"blocks/{i}/att/"
+        att, o = f"blocks.{i}.att.", f"blocks/{i}/att/"
         table += block_rows(config, i)
         table += [vector_row(f"{att}x_{m}", f"{o}x_{m}", c) for m in MIXES]
         loras = [("w", d_w), ("a", d_a)] + ([("v", d_v)] if i > 0 else []) + [("g", d_g)]
@@ -33,10 +33,8 @@ def parameter_map(config: ModelConfig):
             table += [(f"{att}{name}1", (c, rank), f"{o}{name}1", None), (f"{att}{name}2", (rank, c), f"{o}{name}2", None)]
         table += [vector_row(f"{att}k_k", f"{o}k_k", c), vector_row(f"{att}k_a", f"{o}k_a", c),
                   (f"{att}r_k", (h, n), f"{o}r_k", None)]
-        table += [linear_rows(f"{att}{m}", f"{o}{m}", c, c) for m in ("receptance", "key", "value", "output")]
-        table += [(f"{att}ln_x.weight", (c,), f"{o}ln_x/weight", None), (f"{att}ln_x.bias", (c,), f"{o}ln_x/bias", None)]
-        table += [vector_row(f"{ffn}x_k", f"blocks/{i}/ffn/x_k", c), linear_rows(f"{ffn}key", f"blocks/{i}/ffn/key", c, hidden),
-                  linear_rows(f"{ffn}value", f"blocks/{i}/ffn/value", hidden, c)]
+        table += time_mix_rows(config, i, ("receptance", "key", "value", "output"))
+        table += channel_mix_rows(config, i, ("x_k",), receptance=False)
     return table
 
 
