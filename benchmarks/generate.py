@@ -5,7 +5,9 @@ large float32 matrix-vector product reaches in the same run), its state size, an
 each of --batches streams. For gpt2 and rwkv4, when `transformers` is installed, its GPT-2
 (key/value cache) and RWKV (recurrent state) decode with the same weights in the same run
 (`transformers_ms_per_token` beside ours). --param_dtype bfloat16 decodes with bf16 weights and
-reports their logits' deviation from float32."""
+reports their logits' deviation from float32. For rwkv5, rwkv6 and rwkv7, BlinkDL's `rwkv` package
+decodes the same random weights (a BlinkDL `.pth` both sides load) in a process of its own, after
+ours (`rwkv_package_ms_per_token`); --size may name a preset of theirs (e.g. rwkv7-0.1b, rwkv6-1.6b)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import transformers_peers
+from benchmarks import rwkv_package_peer, transformers_peers
 from benchmarks.common import FLAGS, compute_dtype, emit, environment, model_size, timed
 from microrwkv_jax import decoding, sampling
 from microrwkv_jax.families import PRESETS, build_model, model_config
 
 
+BLINKDL_PEERS = {"rwkv5": "5.2", "rwkv6": "6", "rwkv7": "7"}     # family -> the package's generation
+
+
 def family_config(preset: str, size: str):
+    if preset in BLINKDL_PEERS:     # a World model's size (--size rwkv7-0.1b), or ours with 64-channel heads
+        if size in PRESETS and PRESETS[size][0].arch == preset:
+            return model_config(size, dtype=compute_dtype())
+        shape = model_size(size)
+        return model_config(preset, n_layer=shape["n_layer"], n_embd=shape["n_embd"], n_head=shape["n_embd"] // 64,
+                            vocab_size=65536, dtype=compute_dtype())
     common = dict(vocab_size=50257, dtype=compute_dtype(), **model_size(size))
     if preset == "published":
         return model_config("published", num_active_experts=4, **{**common, "vocab_size": 50304})
@@ -126,6 +137,19 @@ def logits_deviation(model, reference, vocab_size: int) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def blinkdl_same_weights(config, out: pathlib.Path):
+    """(a BlinkDL .pth of random weights of `config`, our model loaded from it as a user would)."""
+    from microrwkv_jax.families import get_family
+    from microrwkv_jax.loading import load_model
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{config.arch}-bench.pth"
+    table = get_family(config.arch).torch_checkpoint.parameter_map(config)
+    rwkv_package_peer.save_pth(rwkv_package_peer.random_state_dict(table), path,
+                               "bfloat16" if FLAGS.param_dtype == "bfloat16" else "float32")
+    model, _ = load_model(path, dtype=config.dtype)       # float32 parameters; --param_dtype casts them below
+    return path, model
+
+
 def run() -> None:
     contexts = [int(c) for c in FLAGS.contexts.split(",")]
     batches = [int(b) for b in FLAGS.batches.split(",")]
@@ -135,9 +159,11 @@ def run() -> None:
         config = family_config(preset, FLAGS.size)
         # Measured again for every family: this machine's bandwidth drifts by 10-20% over minutes.
         bandwidth = matvec_bytes_per_s()
-        peer = None
+        peer, package_pth = None, None
         if preset in transformers_peers.PEER_FAMILIES and transformers_peers.available():
             peer, model = transformers_peers.same_weights(config)     # the peer in the same run
+        elif preset in BLINKDL_PEERS and rwkv_package_peer.available():
+            package_pth, model = blinkdl_same_weights(config, pathlib.Path(FLAGS.out))
         else:
             model = build_model(config)
         deviation = None
@@ -146,6 +172,7 @@ def run() -> None:
             deviation = logits_deviation(reduced, model, config.vocab_size)
             model = reduced
         recurrent = PRESETS[preset][0].recurrent
+        family_records = []
         for context in contexts:
             if preset == "gpt2" and context + block * (runs + 1) > config.block_size:
                 continue          # GPT-2's learned positions end at block_size (n_positions)
@@ -177,8 +204,20 @@ def run() -> None:
                     record.update(transformers_ms_per_token=peer_ms, transformers_tokens_per_s=batch * 1e3 / peer_ms,
                                   speedup_vs_transformers=peer_ms / ms, torch=torch.__version__,
                                   torch_threads=torch.get_num_threads())
-                emit(record)
-                results.append({**environment(), **record})
+                family_records.append(record)
+        if package_pth is not None:      # after ours, alone, in its own process; it has no batch: streams in turn
+            del model
+            measured = rwkv_package_peer.ms_per_token(package_pth, BLINKDL_PEERS[preset], "cpu fp32", FLAGS.warmup,
+                                                      max(2, FLAGS.steps // 2))
+            package_pth.unlink()
+            for record in family_records:
+                record.update(rwkv_package_ms_per_token=measured["ms_per_token"],
+                              rwkv_package_tokens_per_s=1e3 / measured["ms_per_token"],
+                              speedup_vs_rwkv_package=record["tokens_per_s"] * measured["ms_per_token"] / 1e3,
+                              rwkv_package=measured)
+        for record in family_records:
+            emit(record)
+            results.append({**environment(), **record})
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "generate.json").write_text(json.dumps(results, indent=1))

@@ -36,7 +36,7 @@ def test_unknown_arch_is_refused_by_the_registry():
     from microrwkv_jax.families import build_model, get_family
     with pytest.raises(ValueError) as err:
         get_family("gpt")
-    assert str(err.value) == "arch='gpt': expected one of ('causal', 'published', 'gpt2', 'rwkv4')"
+    assert str(err.value) == "arch='gpt': expected one of ('causal', 'published', 'gpt2', 'rwkv4', 'rwkv5', 'rwkv6', 'rwkv7')"
     with pytest.raises(ValueError, match=r"^arch='gpt': expected one of"):
         build_model(ModelConfig(arch="gpt"))
 

@@ -302,7 +302,8 @@ def is_tokenizer_file(name: str) -> bool:
 def tokenizer_class(name: str) -> type:
     """A built-in tokenizer's class: its `vocab_size` and `eot_id` without loading any file."""
     if name not in TOKENIZER_CLASSES:
-        raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS} or a tokenizer.json path")
+        raise ValueError(f"tokenizer: unknown tokenizer {name!r}; expected one of {TOKENIZERS}, a tokenizer.json "
+                         "or a World vocabulary .txt path")
     return TOKENIZER_CLASSES[name]
 
 

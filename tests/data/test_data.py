@@ -164,7 +164,8 @@ def test_gpt2_through_tiktoken_cache_dir(gpt2_bpe, tmp_path, monkeypatch):
 
 
 def test_unknown_tokenizer():
-    with pytest.raises(ValueError, match=r"^tokenizer: unknown tokenizer 'bpe'; expected one of \('byte', 'gpt2'\) or a tokenizer.json path$"):
+    with pytest.raises(ValueError, match=r"^tokenizer: unknown tokenizer 'bpe'; expected one of \('byte', 'gpt2', "
+                                         r"'world'\), a tokenizer.json or a World vocabulary .txt path$"):
         get_tokenizer("bpe")
 
 

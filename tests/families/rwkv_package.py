@@ -1,6 +1,6 @@
-"""BlinkDL's `rwkv` package as the reference for RWKV-4/5/6/7: random checkpoints in the official
-layout, and a runner that executes the package in its own process (RWKV-7 needs RWKV_V7_ON=1
-set before `rwkv.model` is imported; one process per setting).
+"""BlinkDL's `rwkv` package as the reference for RWKV-4/5/6/7: a runner that executes the package in
+its own process (RWKV-7 needs RWKV_V7_ON=1 set before `rwkv.model` is imported; one process per
+setting) on checkpoints written in the official layout (`benchmarks.rwkv_package_peer`).
 
     python -m tests.families.rwkv_package RUN.json OUT.npz
 
@@ -17,36 +17,6 @@ import sys
 import numpy as np
 
 from tests.helpers import REPO
-
-
-def random_state_dict(table, generation: str, seed: int):
-    """{BlinkDL name: float32 numpy array} with values at trained scales, for a family's name table
-    [(name, shape, ...)]: decays from 0.999 down to 0.004 per token, mixes in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape, *_ in table:
-        last = name.split(".")[-1] if not name.endswith((".weight", ".bias")) else ".".join(name.split(".")[-2:])
-        if name.endswith("time_decay"):
-            value = rng.uniform(-7.0, 1.7, shape)                     # exp(-exp(.)) in [0.004, 0.999]
-        elif last in ("w0",):
-            value = rng.uniform(-4.0, 2.0, shape)
-        elif "time_mix" in name or "time_maa_" in name and not name.endswith(("w1", "w2")) or last.startswith("x_"):
-            value = rng.uniform(0.0, 1.0, shape)
-        elif last in ("k_k", "k_a"):
-            value = rng.uniform(0.3, 1.2, shape)
-        elif name.endswith(".weight") and len(shape) == 2 and "emb" not in name:
-            value = rng.standard_normal(shape) / np.sqrt(shape[1])
-        elif name.endswith(("ln1.weight", "ln2.weight", "ln0.weight", "ln_out.weight", "ln_x.weight")):
-            value = 1.0 + 0.2 * rng.standard_normal(shape)
-        else:                                                          # biases, bonuses, LoRAs, emb
-            value = 0.3 * rng.standard_normal(shape)
-        out[name] = value.astype(np.float32)
-    return out
-
-
-def save_pth(state_dict: dict, path, dtype: str = "float32") -> None:
-    import torch
-    torch.save({k: torch.tensor(v).to(getattr(torch, dtype)) for k, v in state_dict.items()}, path)
 
 
 def run_package(models: dict, tokens, greedy: int, v7: bool, workdir) -> dict:

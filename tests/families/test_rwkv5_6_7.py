@@ -16,7 +16,8 @@ from microrwkv_jax.families import FAMILIES  # noqa: E402
 from microrwkv_jax.families.blinkdl import generation  # noqa: E402
 from microrwkv_jax.sampling import generate  # noqa: E402
 from microrwkv_jax.torch_checkpoint import ConversionError  # noqa: E402
-from tests.families.rwkv_package import random_state_dict, run_package, save_pth  # noqa: E402
+from benchmarks.rwkv_package_peer import random_state_dict, save_pth  # noqa: E402
+from tests.families.rwkv_package import run_package  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
 
 VOCAB, LAYERS, WIDTH, HEADS = 97, 3, 64, 4
@@ -41,7 +42,7 @@ def official_state_dict(name: str, seed: int = 0) -> dict:
         table = parameter_map(config, decay_shape=(HEADS,), bonus="time_first", bonus_shape=(HEADS,))
     else:
         table = FAMILIES[arch].torch_checkpoint.parameter_map(config)
-    state = random_state_dict(table, arch, seed)
+    state = random_state_dict(table, seed)
     if arch == "rwkv7":           # BlinkDL's files carry layer 0's (unused) value-residual LoRA
         state.update({"blocks.0.att.v0": np.ones((1, 1, WIDTH), np.float32),
                       "blocks.0.att.v1": np.zeros((WIDTH, 8), np.float32),

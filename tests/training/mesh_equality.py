@@ -35,6 +35,9 @@ CONFIGS = {
     "published": dict(preset="published", n_layer=2, n_head=4, num_experts=4, num_active_experts=2, expert_dim=32),
     "gpt2": dict(preset="gpt2", n_head=4, n_kv_head=4),
     "rwkv4": dict(preset="rwkv4"),
+    "rwkv5": dict(preset="rwkv5", n_head=4),
+    "rwkv6": dict(preset="rwkv6", n_head=4, lora_dims=(8, 16)),
+    "rwkv7": dict(preset="rwkv7", n_head=4, lora_dims=(8, 8, 8, 16)),
 }
 
 

@@ -85,7 +85,8 @@ def test_every_parameter_of_every_family_has_logical_axes(name, bias):
     for param, shape in ParamCodec(abstract_model(config)).shapes.items():
         assert any(fnmatch.fnmatchcase(param, glob) for glob in table), f"{config.arch}: {param} has no entry"
         assert all(a in LOGICAL_AXIS_RULES for a in logical_axes(table, param, len(shape))), param
-    assert {family.arch for family in FAMILIES.values()} == {"causal", "published", "gpt2", "rwkv4"}
+    assert {family.arch for family in FAMILIES.values()} == {"causal", "published", "gpt2", "rwkv4", "rwkv5", "rwkv6",
+                                                             "rwkv7"}
 
 
 def test_optimizer_state_is_sharded_as_its_parameters():
