@@ -112,10 +112,10 @@ def time_mix_rows(config: ModelConfig, i: int, matrices: tuple) -> list:
             + [(f"{att}ln_x.weight", (c,), f"{o}ln_x/weight", None), (f"{att}ln_x.bias", (c,), f"{o}ln_x/bias", None)])
 
 
-def channel_mix_rows(config: ModelConfig, i: int, mixes: tuple, receptance: bool = True) -> list:
+def channel_mix_rows(config: ModelConfig, i: int, mixes: tuple, hidden: int, receptance: bool = True) -> list:
     """A block's channel-mix rows: its token-shift vectors (`mixes`, e.g. time_mix_k), key,
-    value and (RWKV-4/5/6) receptance, of hidden width config.ffn_dim."""
-    c, hidden, ffn, o = config.n_embd, config.ffn_dim, f"blocks.{i}.ffn.", f"blocks/{i}/ffn/"
+    value and (RWKV-4/5/6) receptance, of width `hidden`."""
+    c, ffn, o = config.n_embd, f"blocks.{i}.ffn.", f"blocks/{i}/ffn/"
     rows = [vector_row(f"{ffn}{m}", f"{o}{m}", c) for m in mixes]
     rows += [linear_rows(f"{ffn}key", f"{o}key", c, hidden), linear_rows(f"{ffn}value", f"{o}value", hidden, c)]
     return rows + ([linear_rows(f"{ffn}receptance", f"{o}receptance", c, c)] if receptance else [])

@@ -12,7 +12,7 @@ import numpy as np
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
 from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
-from microrwkv_jax.families.rwkv5.model import check_config
+from microrwkv_jax.families.rwkv5.model import check_config, ffn_dim
 from microrwkv_jax.torch_checkpoint import ConversionError
 
 NAME = "RWKV-5"
@@ -35,7 +35,7 @@ def parameter_map(config: ModelConfig, decay_shape=None, bonus: str = "time_faaa
         table += [(f"{att}time_decay", decay[0], f"{o}att/time_decay", decay[1]),
                   (f"{att}{bonus}", bonus_shape or (h, n), f"{o}att/time_faaaa", widen)]
         table += time_mix_rows(config, i, ("receptance", "key", "value", "gate", "output"))
-        table += channel_mix_rows(config, i, ("time_mix_k", "time_mix_r"))
+        table += channel_mix_rows(config, i, ("time_mix_k", "time_mix_r"), ffn_dim(config))
     return table
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
 from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
+from microrwkv_jax.families.rwkv5.model import ffn_dim
 from microrwkv_jax.families.rwkv6.model import check_config, lora_dims
 
 NAME = "RWKV-6"
@@ -30,7 +31,7 @@ def parameter_map(config: ModelConfig):
                   (f"{att}time_decay_w2", (decay, c), f"{o}att/time_decay_w2", None),
                   (f"{att}time_faaaa", (h, n), f"{o}att/time_faaaa", None)]
         table += time_mix_rows(config, i, ("receptance", "key", "value", "gate", "output"))
-        table += channel_mix_rows(config, i, ("time_maa_k", "time_maa_r"))
+        table += channel_mix_rows(config, i, ("time_maa_k", "time_maa_r"), ffn_dim(config))
     return table
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
 from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
-from microrwkv_jax.families.rwkv7.model import MIXES, check_config, lora_dims
+from microrwkv_jax.families.rwkv7.model import MIXES, check_config, ffn_dim, lora_dims
 from microrwkv_jax.torch_checkpoint import ConversionError
 
 NAME = "RWKV-7"
@@ -34,7 +34,7 @@ def parameter_map(config: ModelConfig):
         table += [vector_row(f"{att}k_k", f"{o}k_k", c), vector_row(f"{att}k_a", f"{o}k_a", c),
                   (f"{att}r_k", (h, n), f"{o}r_k", None)]
         table += time_mix_rows(config, i, ("receptance", "key", "value", "output"))
-        table += channel_mix_rows(config, i, ("x_k",), receptance=False)
+        table += channel_mix_rows(config, i, ("x_k",), ffn_dim(config), receptance=False)
     return table
 
 
