@@ -14,10 +14,12 @@
     python bench.py startup [--checkpoint out]      # time to first token / first step, cold and warm
     python bench.py prepare [--prepare_mb 2048] [--prepare_workers 1,2]   # data preparation vs a plain loop
     python bench.py text --text novel.txt [--nanogpt DIR]   # a user's text: nanoGPT's CPU recipe vs configs/text.py
+    python bench.py tokenize --text novel.txt [--tokenize_mb 10]   # the World tokenizer vs BlinkDL's
 
 Every figure is printed with the device, JAX version, dtype and shapes; with --json each
 measurement is one JSON object per line. For gpt2 and rwkv4, generate and eval time `transformers`'
-GPT-2 and RWKV with the same weights in the same run (when it is installed). benchmarks/gpu.sh
+GPT-2 and RWKV with the same weights in the same run (when it is installed); for rwkv5/6/7, generate
+times BlinkDL's `rwkv` package on the same .pth in a process of its own. benchmarks/gpu.sh
 runs the GPU half in one go.
 """
 
@@ -27,13 +29,13 @@ import sys
 from absl import app, logging
 
 from benchmarks import (attention, evaluate, generate, load, prepare, profile_decode, profile_train, startup, text,
-                        train, vs_torch, wkv)
+                        tokenize, train, vs_torch, wkv)
 from benchmarks.common import FLAGS     # (defines the flags)
 
 COMMANDS = {"train": train.run, "generate": generate.run, "eval": evaluate.run, "wkv": wkv.run,
             "attention": attention.run, "vs-torch": vs_torch.run, "load": load.run,
             "profile-decode": profile_decode.run, "startup": startup.run, "prepare": prepare.run,
-            "text": text.run, "profile-train": profile_train.run}
+            "text": text.run, "profile-train": profile_train.run, "tokenize": tokenize.run}
 
 
 def main(argv):

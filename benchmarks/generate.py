@@ -3,8 +3,8 @@
 large float32 matrix-vector product reaches in the same run), its state size, and a figure
 (latency, cumulative time, state memory against context). At --batch_context, also tokens/s at
 each of --batches streams. For gpt2 and rwkv4, when `transformers` is installed, its GPT-2
-(key/value cache) and RWKV (recurrent state) decode with the same weights in the same run
-(`transformers_ms_per_token` beside ours). --param_dtype bfloat16 decodes with bf16 weights and
+(key/value cache) and RWKV (recurrent state) decode with the same weights in the same run, each in
+a process of its own after ours (`transformers_ms_per_token` beside ours). --param_dtype bfloat16 decodes with bf16 weights and
 reports their logits' deviation from float32. For rwkv5, rwkv6 and rwkv7, BlinkDL's `rwkv` package
 decodes the same random weights (a BlinkDL `.pth` both sides load) in a process of its own, after
 ours (`rwkv_package_ms_per_token`); --size may name a preset of theirs (e.g. rwkv7-0.1b, rwkv6-1.6b)."""
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -161,7 +162,7 @@ def run() -> None:
         bandwidth = matvec_bytes_per_s()
         peer, package_pth = None, None
         if preset in transformers_peers.PEER_FAMILIES and transformers_peers.available():
-            peer, model = transformers_peers.same_weights(config)     # the peer in the same run
+            peer, model = transformers_peers.saved_same_weights(config, pathlib.Path(FLAGS.out) / f"{preset}-peer")
         elif preset in BLINKDL_PEERS and rwkv_package_peer.available():
             package_pth, model = blinkdl_same_weights(config, pathlib.Path(FLAGS.out))
         else:
@@ -196,15 +197,20 @@ def run() -> None:
                     continue
                 if deviation is not None:
                     record["logits_rel_err_vs_float32"] = deviation
-                if peer is not None:
-                    import torch
-                    # (4 steps per run beyond batch 1: transformers' batched RWKV step takes seconds on a CPU)
-                    peer_ms = transformers_peers.decode_ms_per_token(peer, context, block if batch == 1 else 4,
-                                                                     FLAGS.warmup, max(2, FLAGS.steps // 2), batch)
-                    record.update(transformers_ms_per_token=peer_ms, transformers_tokens_per_s=batch * 1e3 / peer_ms,
-                                  speedup_vs_transformers=peer_ms / ms, torch=torch.__version__,
-                                  torch_threads=torch.get_num_threads())
                 family_records.append(record)
+        if peer is not None:             # after ours, alone, each measurement in a process of its own
+            del model
+            for record in family_records:
+                # (4 steps per run beyond batch 1: transformers' batched RWKV step takes seconds on a CPU)
+                measured = transformers_peers.decode_in_own_process(
+                    peer, record["context"], block if record["batch"] == 1 else 4, FLAGS.warmup,
+                    max(2, FLAGS.steps // 2), record["batch"])
+                peer_ms = measured["ms_per_token"]
+                record.update(transformers_ms_per_token=peer_ms,
+                              transformers_tokens_per_s=record["batch"] * 1e3 / peer_ms,
+                              speedup_vs_transformers=peer_ms / record["ms_per_token"], torch=measured["torch"],
+                              torch_threads=measured["torch_threads"])
+            shutil.rmtree(peer)
         if package_pth is not None:      # after ours, alone, in its own process; it has no batch: streams in turn
             del model
             measured = rwkv_package_peer.ms_per_token(package_pth, BLINKDL_PEERS[preset], "cpu fp32", FLAGS.warmup,

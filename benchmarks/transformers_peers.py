@@ -1,10 +1,21 @@
 """`transformers`' GPT-2 and RWKV with the weights of our gpt2 / rwkv4 models, the peers that
 `bench.py generate` and `bench.py eval` time in the same run. The weights go the way a user's
-would: the Hugging Face model is saved as a directory and our model loaded from it."""
+would: the Hugging Face model is saved as a directory and our model loaded from it.
+
+`bench.py generate` times the peer's decoding in a process of its own, after ours, under its best
+CPU settings (`torch.inference_mode()`, torch's threads = the machine's cores): inside the JAX
+process its step was slower (BENCHMARKS.md, "Peer figures that reproduce").
+
+    python -m benchmarks.transformers_peers DIR CONTEXT BLOCK WARMUP REPEATS BATCH   # one JSON line
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -40,6 +51,23 @@ def same_weights(config):
         hf.save_pretrained(tmp)
         model, _ = load_model(tmp, dtype=config.dtype)
     return hf, model
+
+
+def saved_same_weights(config, directory):
+    """(the peer's saved directory, our model loaded from it): for timing the peer in its own process."""
+    from microrwkv_jax.loading import load_model
+    hf_model(config).save_pretrained(directory)
+    model, _ = load_model(directory, dtype=config.dtype)
+    return directory, model
+
+
+def decode_in_own_process(directory, context: int, block: int, warmup: int, repeats: int, batch: int) -> dict:
+    """`decode_ms_per_token` of the saved peer, in a fresh process (nothing else running)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.transformers_peers", str(directory), str(context),
+                           str(block), str(warmup), str(repeats), str(batch)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"transformers' decoding failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def decode_ms_per_token(hf, context: int, block: int, warmup: int, repeats: int, batch: int = 1) -> float:
@@ -85,3 +113,18 @@ def forward_seconds(hf, tokens: np.ndarray, warmup: int, repeats: int) -> float:
             if i >= warmup:
                 times.append(time.perf_counter() - started)
     return float(np.median(times))
+
+
+def main(directory: str, context: str, block: str, warmup: str, repeats: str, batch: str) -> None:
+    import torch
+    import transformers
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    with torch.inference_mode():
+        ms = decode_ms_per_token(hf, int(context), int(block), int(warmup), int(repeats), int(batch))
+    print(json.dumps({"ms_per_token": ms, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                      "transformers": transformers.__version__}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

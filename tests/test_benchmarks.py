@@ -155,3 +155,19 @@ def test_text_race_smoke(tmp_path):
     for row in (peer, ours):       # the same held-out characters, every one scored, both ways
         assert row["window_chars"] == data["val_chars"] and 0 < row["full_nats_per_char"] < 6
     assert peer["full_chars"] == data["val_chars"]
+
+
+def test_generate_times_the_rwkv_package_beside_rwkv7_and_tokenize_compares_world_tokenizers(tmp_path):
+    pytest.importorskip("rwkv", reason="BlinkDL's rwkv package is the test extra: pip install -e '.[test]'")
+    rows = bench("generate", "--size", "tiny", "--contexts", "16", "--families", "rwkv7", "--steps", "1",
+                 "--warmup", "0", "--batches", "1,2", "--batch_context", "16", "--out", str(tmp_path))
+    assert [(r["family"], r["context"], r["batch"]) for r in rows] == [("rwkv7", 16, 1), ("rwkv7", 16, 2)]
+    for r in rows:
+        assert r["rwkv_package_ms_per_token"] > 0 and r["rwkv_package"]["strategy"] == "cpu fp32"
+        assert r["speedup_vs_rwkv_package"] == pytest.approx(r["tokens_per_s"] * r["rwkv_package_ms_per_token"] / 1e3)
+    assert not list(tmp_path.glob("*.pth"))              # the shared weights are removed after
+    text = tmp_path / "text.txt"
+    text.write_text("Hello, world! 日本語 and emoji 😀.\n" * 50, encoding="utf-8")
+    (row,) = bench("tokenize", "--text", str(text), "--tokenize_mb", "0.05")
+    assert row["identical_ids"] and row["round_trip"] and row["tokens"] > 0
+    assert row["ours_encode_mb_per_s"] > 0 and row["encode_speedup"] > 0

@@ -7,7 +7,7 @@ to story_samples, --max_new_tokens to the published architecture's sampler, whic
 window length anew); the install steps of the Quick start are what CI itself runs
 before this test. The files the README's commands name but a fresh clone cannot have (the
 published `out/ckpt-500.pth`, a Hugging Face GPT-2 directory, BlinkDL RWKV-4 `.pth` files, a
-tokenizer.json, `data/*.txt`) are built small here, at the paths the README names. Commands that
+tokenizer.json, `data/*.txt`, BlinkDL RWKV-6/7 World `.pth` files) are built small here, at the paths the README names. Commands that
 need the GPT-2 BPE file run when MICRORWKV_GPT2_BPE names it (CI has it) and are named in a
 warning otherwise; the few commands left out are listed in SKIPPED with the reason.
 """
@@ -58,7 +58,8 @@ PRINTS = [
     ("microrwkv_jax.plot", r"loss.png"),
     ("story_samples", r"valid stories: \d+/\d+"),
     ("microrwkv_jax.data.prepare", r"training tokens"),
-    ("convert_torch_ckpt.py", r"ckpt-500"),
+    ("convert_torch_ckpt.py out/ckpt-500", r"ckpt-500"),
+    ("convert_torch_ckpt.py RWKV-x070", r"RWKV-x070.*\n(.*\n)*  tokenizer: world"),
 ]
 # The Quick start first, then the published weights (their converted directory is sampled in
 # "Sampling"), then every other section in the README's order.
@@ -161,6 +162,12 @@ def make_fixtures(root: pathlib.Path) -> None:
     blinkdl = {blink: sd[name].to(torch.bfloat16) for name, blink, _, _, _ in parameter_map(config)}
     for name in ("RWKV-4-Pile-1B5-20220903-8040.pth", "RWKV-4-Pile-7B-....pth"):
         torch.save(blinkdl, root / name)
+    from benchmarks.rwkv_package_peer import random_state_dict, save_pth
+    from microrwkv_jax.families import FAMILIES
+    for name, arch, fields in (("RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth", "rwkv7", {"lora_dims": (32,) * 4}),
+                               ("RWKV-x060-World-1B6-v2.1-20240328-ctx4096.pth", "rwkv6", {"lora_dims": (32, 64)})):
+        config = model_config(arch, n_layer=2, n_embd=64, n_head=1, **fields)      # the World vocabulary, 65,536
+        save_pth(random_state_dict(FAMILIES[arch].torch_checkpoint.parameter_map(config)), root / name, "bfloat16")
     big = model_config("hybrid", vocab_size=320, block_size=64, n_layer=2, n_embd=64, n_head=4, swa_window=16,
                        num_experts=4, num_active_experts=2, expert_dim=32, chunk_size=16)
     save_model_dir(root / "big-model", build_model(big, seed=0), {"model": big.to_dict(), "tokenizer": "byte"})
