@@ -5,6 +5,7 @@
     python sample.py --ckpt out/ckpt-500 --prompt "Once"  # a converted checkpoint (or a .pth, or a run dir)
     python sample.py --model_name ckpt-500 --max_num_tokens 200   # the published generate.py's flags
     python sample.py --ckpt RWKV-4-Pile-169M.pth --tokenizer 20B_tokenizer.json --prompt "One day"
+    python sample.py --ckpt RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth --prompt "One day"   # World tokenizer
     python sample.py --ckpt big-model --fsdp 8            # parameters split over 8 devices
 
 Causal models decode recurrently (constant time and memory per token); the published
@@ -35,7 +36,8 @@ def parse_args(argv):
     p.add_argument("--param_dtype", default="float32",
                    help="the parameters' dtype (bfloat16: half the memory of float32; lossless for a bf16 checkpoint)")
     p.add_argument("--tokenizer", default=None,
-                   help="byte, gpt2 or a tokenizer.json path (default: the one the checkpoint records)")
+                   help="byte, gpt2, world, a tokenizer.json or a World vocabulary .txt path (default: the one "
+                        "the checkpoint records; world for RWKV-5/6/7 .pth files)")
     p.add_argument("--no_compilation_cache", action="store_true",
                    help="compile everything afresh instead of using JAX's persistent compilation cache "
                         "(microrwkv_jax/compilation_cache.py says where it is)")

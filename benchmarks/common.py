@@ -32,6 +32,8 @@ flags.DEFINE_string("families", "hybrid,rwkv,gpt,published,gpt2,rwkv4", "generat
 flags.DEFINE_string("out", "bench_out", "generate: directory for the JSON and the PNG")
 flags.DEFINE_string("batches", "1", "generate: streams decoded together, measured at --batch_context")
 flags.DEFINE_integer("batch_context", 256, "generate: the context at which --batches are measured")
+flags.DEFINE_bool("peer_in_process", False, "generate: time transformers' peers inside this process, after ours "
+                  "(as before issue #26), not each in a process of its own")
 flags.DEFINE_string("param_dtype", "float32", "generate: the weights' dtype (bfloat16: bf16 storage, "
                     "float32 compute and WKV state)")
 flags.DEFINE_string("shape", "16,1024,8,64", "wkv: B,T,H,N")

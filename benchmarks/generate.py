@@ -4,10 +4,11 @@ large float32 matrix-vector product reaches in the same run), its state size, an
 (latency, cumulative time, state memory against context). At --batch_context, also tokens/s at
 each of --batches streams. For gpt2 and rwkv4, when `transformers` is installed, its GPT-2
 (key/value cache) and RWKV (recurrent state) decode with the same weights in the same run, each in
-a process of its own after ours (`transformers_ms_per_token` beside ours). --param_dtype bfloat16 decodes with bf16 weights and
-reports their logits' deviation from float32. For rwkv5, rwkv6 and rwkv7, BlinkDL's `rwkv` package
-decodes the same random weights (a BlinkDL `.pth` both sides load) in a process of its own, after
-ours (`rwkv_package_ms_per_token`); --size may name a preset of theirs (e.g. rwkv7-0.1b, rwkv6-1.6b)."""
+a process of its own after ours (`transformers_ms_per_token` beside ours). --param_dtype bfloat16
+decodes with bf16 weights and reports their logits' deviation from float32. For rwkv5, rwkv6 and
+rwkv7, BlinkDL's `rwkv` package decodes the same random weights (a BlinkDL `.pth` both sides load)
+in a process of its own, after ours (`rwkv_package_ms_per_token`); --size may name a preset of
+theirs (e.g. rwkv7-0.1b, rwkv6-1.6b)."""
 
 from __future__ import annotations
 
@@ -199,12 +200,14 @@ def run() -> None:
                     record["logits_rel_err_vs_float32"] = deviation
                 family_records.append(record)
         if peer is not None:             # after ours, alone, each measurement in a process of its own
-            del model
+            if not FLAGS.peer_in_process:
+                del model
             for record in family_records:
                 # (4 steps per run beyond batch 1: transformers' batched RWKV step takes seconds on a CPU)
-                measured = transformers_peers.decode_in_own_process(
-                    peer, record["context"], block if record["batch"] == 1 else 4, FLAGS.warmup,
-                    max(2, FLAGS.steps // 2), record["batch"])
+                measure = (transformers_peers.decode_in_this_process if FLAGS.peer_in_process
+                           else transformers_peers.decode_in_own_process)
+                measured = measure(peer, record["context"], block if record["batch"] == 1 else 4, FLAGS.warmup,
+                                   max(2, FLAGS.steps // 2), record["batch"])
                 peer_ms = measured["ms_per_token"]
                 record.update(transformers_ms_per_token=peer_ms,
                               transformers_tokens_per_s=record["batch"] * 1e3 / peer_ms,

@@ -73,11 +73,12 @@ def ms_per_token(path, generation: str, strategy: str, warmup: int, steps: int, 
 def main(path: str, generation: str, strategy: str, warmup: str, steps: str, tokens: str) -> None:
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
-    import rwkv
+    from importlib.metadata import version
+
     from rwkv.model import RWKV
     model_path = path[:-4] if path.endswith(".pth") else path
-    model = RWKV(model=model_path, strategy=strategy) if generation == "7" else RWKV(model=model_path, strategy=strategy,
-                                                                                    verbose=False)
+    quiet = {} if generation == "7" else {"verbose": False}       # (RWKV_x070 has no verbose)
+    model = RWKV(model=model_path, strategy=strategy, **quiet)
     with torch.inference_mode():
         logits, state = model.forward([0], None)
 
@@ -91,7 +92,7 @@ def main(path: str, generation: str, strategy: str, warmup: str, steps: str, tok
         for _ in range(int(warmup)):
             run()
         seconds = float(np.median([run() for _ in range(int(steps))]))
-    print(json.dumps({"ms_per_token": seconds * 1e3 / int(tokens), "rwkv_package": getattr(rwkv, "__version__", "0.8.32"),
+    print(json.dumps({"ms_per_token": seconds * 1e3 / int(tokens), "rwkv_package": version("rwkv"),
                       "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "strategy": strategy,
                       "jit": os.environ.get("RWKV_JIT_ON")}))
 

@@ -1,6 +1,6 @@
 """bench.py tokenize: the World tokenizer (`world`: pyrwkv-tokenizer's encoder, our decoder) against
 BlinkDL's own (the `rwkv` package's TRIE_TOKENIZER) on the same text, one after the other: MB/s
-of encoding and decoding, and whether the ids are identical.
+of encoding and decoding (the median of 3 runs each), and whether the ids are identical.
 
     python bench.py tokenize --text novel.txt [--tokenize_mb 10]    # the text repeated to 10 MB
 """
@@ -17,10 +17,14 @@ from benchmarks.common import FLAGS, emit, environment
 flags.DEFINE_float("tokenize_mb", 10.0, "tokenize: MB of text (the --text file repeated or cut to this size)")
 
 
-def seconds(fn) -> tuple:
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
+def seconds(fn, repeats: int = 3) -> tuple:
+    """(median seconds of `repeats` calls of fn, its result)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2], out
 
 
 def run() -> None:

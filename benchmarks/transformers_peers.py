@@ -70,6 +70,16 @@ def decode_in_own_process(directory, context: int, block: int, warmup: int, repe
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def decode_in_this_process(directory, context: int, block: int, warmup: int, repeats: int, batch: int) -> dict:
+    """`decode_ms_per_token` of the saved peer in the benchmark's own process, beside JAX, with
+    torch's default threads and `no_grad`: how the figures before issue #26 were taken."""
+    import torch
+    import transformers
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    return {"ms_per_token": decode_ms_per_token(hf, context, block, warmup, repeats, batch), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
 def decode_ms_per_token(hf, context: int, block: int, warmup: int, repeats: int, batch: int = 1) -> float:
     """ms per step (a token for each of `batch` streams) of greedy one-token steps with `transformers`'
     cache (GPT-2: the key/value cache of `context` tokens; RWKV: its recurrent state after them),

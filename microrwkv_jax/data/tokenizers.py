@@ -281,7 +281,10 @@ class WorldTokenizer:
 
     def decode_bytes(self, tokens) -> bytes:
         """The bytes of `tokens` (end-of-text and ids outside the vocabulary dropped)."""
-        return b"".join(self.tokens[int(t)] for t in tokens if 0 < int(t) < len(self.tokens))
+        ids = tokens if isinstance(tokens, list) else np.asarray(tokens, np.int64).reshape(-1).tolist()
+        if ids and not (min(ids) >= 0 and max(ids) < len(self.tokens)):
+            ids = [i for i in ids if 0 <= i < len(self.tokens)]
+        return b"".join(map(self.tokens.__getitem__, ids))         # (end-of-text, id 0, is b"")
 
     def decode(self, tokens) -> str:
         return self.decode_bytes(tokens).decode("utf-8", errors="replace")

@@ -27,6 +27,39 @@ from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
 LAYER = re.compile(r"blocks\.(\d+)\.")
+LN_X_EPS = 64e-5     # ln_x's GroupNorm eps in the package: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
+TOKENIZER = "world"  # RWKV-5/6/7's: the RWKV World tokenizer
+# Logical axes of the parameters every generation from RWKV-5 on has, for sharding (microrwkv_jax.sharding).
+SHELL_AXES = {
+    "emb/embedding": ("vocab", "embed"),
+    "head": ("vocab", "embed"),
+    "ln*/*": ("embed",),
+    "blocks/*/ln*/*": ("embed",),
+    "blocks/*/att/output/kernel": ("heads", "embed"),
+    "blocks/*/att/ln_x/*": ("heads",),
+    "blocks/*/ffn/key/kernel": ("embed", "mlp"),
+    "blocks/*/ffn/value/kernel": ("mlp", "embed"),
+    "blocks/*/ffn/receptance/kernel": ("embed", "embed"),
+    "blocks/*/ffn/*": ("embed",),                               # token-shift mixes
+}
+
+
+def world_presets(sizes: dict) -> dict:
+    """{preset: ModelConfig fields} of BlinkDL World models of these {name: (layers, width)}: heads
+    of 64 channels, the World tokenizer's 65,536 tokens, trained at 4,096 tokens."""
+    return {name: dict(n_layer=layers, n_embd=width, n_head=width // 64, n_kv_head=1, vocab_size=65536,
+                       block_size=4096) for name, (layers, width) in sizes.items()}
+
+
+def check_heads_config(config: ModelConfig) -> None:
+    """RWKV-5/6/7 have heads of N = C / H channels and no separate key/value heads."""
+    if config.n_kv_head != 1:
+        config.fail("n_kv_head", "RWKV-5/6/7 have no key/value heads: set n_kv_head=1")
+
+
+def ffn_dim_3_5(config: ModelConfig) -> int:
+    """RWKV-5/6's channel-mix width: the config's, or the World models' int(3.5 C) rounded down to 32."""
+    return config.ffn_dim or int(config.n_embd * 3.5) // 32 * 32
 
 
 def generation(ckpt: dict) -> Optional[str]:

@@ -67,8 +67,8 @@ def validate_config(cfg) -> None:
     if cfg.init_from != "scratch" and not os.path.exists(cfg.init_from):
         raise ValueError(f"init_from={cfg.init_from!r}: no such checkpoint")
     if cfg.tokenizer not in TOKENIZERS and not is_tokenizer_file(cfg.tokenizer):
-        raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected {', '.join(map(repr, TOKENIZERS))} "
-                         "or a tokenizer.json path")
+        raise ValueError(f"tokenizer={cfg.tokenizer!r}: unknown tokenizer; expected {', '.join(map(repr, TOKENIZERS))}, "
+                         "a tokenizer.json or a World vocabulary .txt path")
     vocab_size = tokenizer_vocab_size(cfg.tokenizer)
     if cfg.init_from == "scratch":        # (from a checkpoint, the checkpoint says what the model is)
         model_config_from(cfg.model, vocab_size, backend="cpu")   # model errors surface now, before JAX starts

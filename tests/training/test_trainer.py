@@ -333,7 +333,8 @@ def test_train_py_help_lists_every_config_key_with_its_default_and_comment():
 
 @pytest.mark.parametrize("flags, message", [
     (["--config.dataset=/nonexistent/*.txt"], "dataset: no files match '/nonexistent/*.txt'"),
-    (["--config.tokenizer=bpe"], "tokenizer='bpe': unknown tokenizer; expected 'byte', 'gpt2' or a tokenizer.json path"),
+    (["--config.tokenizer=bpe"], "tokenizer='bpe': unknown tokenizer; expected 'byte', 'gpt2', 'world', "
+                                 "a tokenizer.json or a World vocabulary .txt path"),
     (["--config.model.vocab_size=100"], "model.vocab_size=100: smaller than the tokenizer's vocabulary (257)"),
     (["--config.model.n_head=3"], "model.n_embd=32: must be divisible by n_head=3"),
     (["--config.batch_size=0"], "batch_size=0: must be a positive integer"),

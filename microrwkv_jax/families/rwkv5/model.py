@@ -16,24 +16,16 @@ import numpy as np
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.blinkdl import Block, RecurrentLM, heads_state
+from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_heads_config, ffn_dim_3_5,
+                                           heads_state)
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
 from microrwkv_jax.layers.rwkv import LerpChannelMix, lerp, token_shift
-from microrwkv_jax.ops.wkv5 import wkv5_scan, wkv5_step
+from microrwkv_jax.ops.wkv5 import wkv5
 
-LN_X_EPS = 64e-5     # the package's GroupNorm eps: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
-
-
-def ffn_dim(config: ModelConfig) -> int:
-    """The channel mix's width: the config's, or the World models' rule int(3.5 C) rounded down to 32."""
-    return config.ffn_dim or int(config.n_embd * 3.5) // 32 * 32
-
-
-def check_config(config: ModelConfig) -> None:
-    if config.n_kv_head != 1:
-        config.fail("n_kv_head", "RWKV-5/6/7 have no key/value heads: set n_kv_head=1")
+ffn_dim = ffn_dim_3_5
+check_config = check_heads_config
 
 
 def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
@@ -42,14 +34,6 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     c, hidden = config.n_embd, ffn_dim(config)
     matrices = 5 * c * c + 2 * c * hidden + c * c
     return config.n_layer * (2 * matrices + 4 * c * config.head_size) + head_flops(c, config.padded_vocab_size)
-
-
-def wkv(r, k, v, w, u, state):
-    """The step form for one token, the scan otherwise (r, k, v [B, T, H, N])."""
-    if r.shape[1] == 1:
-        y, state = wkv5_step(r[:, 0], k[:, 0], v[:, 0], w if w.ndim < 4 else w[:, 0], u, state)
-        return y[:, None], state
-    return wkv5_scan(r, k, v, w, u, state)
 
 
 class TimeMix(nnx.Module):
@@ -82,7 +66,7 @@ class TimeMix(nnx.Module):
         v = heads(self.value(lerp(x, xx, self.time_mix_v[...])))
         g = nnx.silu(self.gate(lerp(x, xx, self.time_mix_g[...])))
         w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))            # [H, N]
-        y, wkv_state = wkv(r, k, v, w, self.time_faaaa[...], state["wkv"])
+        y, wkv_state = wkv5(r, k, v, w, self.time_faaaa[...], state["wkv"])
         y = self.ln_x(y.reshape(b, t, c)).astype(x.dtype)
         return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, shared
 

@@ -3,8 +3,8 @@ per token, fine-tune. Presets rwkv6 (= rwkv6-1.6b), rwkv6-3b, rwkv6-7b, rwkv6-14
 models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
 
 from microrwkv_jax.decoding import generate_recurrent
+from microrwkv_jax.families.blinkdl import SHELL_AXES, TOKENIZER, world_presets
 from microrwkv_jax.families.family import Family, TorchCheckpointFormat
-from microrwkv_jax.families.rwkv5 import SHELL_AXES, TOKENIZER, presets
 from microrwkv_jax.families.rwkv6 import checkpoint_names
 from microrwkv_jax.families.rwkv6.model import RWKV6, check_config, forward_flops_per_token
 
@@ -19,8 +19,8 @@ PARAM_AXES = {
     "blocks/*/att/time_faaaa": ("heads", "embed"),              # [H, N]
     "blocks/*/att/time_maa_*": ("embed",),
 }
-PRESETS = presets({"rwkv6": (24, 2048), "rwkv6-1.6b": (24, 2048), "rwkv6-3b": (32, 2560),
-                   "rwkv6-7b": (32, 4096), "rwkv6-14b": (61, 4096)}, {})
+PRESETS = world_presets({"rwkv6": (24, 2048), "rwkv6-1.6b": (24, 2048), "rwkv6-3b": (32, 2560),
+                         "rwkv6-7b": (32, 4096), "rwkv6-14b": (61, 4096)})
 
 FAMILY = Family(
     arch="rwkv6",

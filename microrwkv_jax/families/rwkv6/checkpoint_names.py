@@ -9,8 +9,7 @@ from __future__ import annotations
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
 from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
-from microrwkv_jax.families.rwkv5.model import ffn_dim
-from microrwkv_jax.families.rwkv6.model import check_config, lora_dims
+from microrwkv_jax.families.rwkv6.model import check_config, ffn_dim, lora_dims
 
 NAME = "RWKV-6"
 

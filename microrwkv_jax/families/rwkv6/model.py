@@ -18,14 +18,17 @@ import numpy as np
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.blinkdl import Block, RecurrentLM, heads_state
-from microrwkv_jax.families.rwkv5.model import LN_X_EPS, check_config, ffn_dim, wkv
+from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_heads_config, ffn_dim_3_5,
+                                           heads_state)
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
 from microrwkv_jax.layers.rwkv import ChannelMix, token_shift
+from microrwkv_jax.ops.wkv5 import wkv5
 
 MIXES = ("w", "k", "v", "r", "g")          # the order of the five token-shift LoRAs in time_maa_w2
+ffn_dim = ffn_dim_3_5
+check_config = check_heads_config
 
 
 def lora_dims(config: ModelConfig) -> tuple:
@@ -85,7 +88,7 @@ class TimeMix(nnx.Module):
         decay = self.time_decay[...].astype(jnp.float32) + (
             jnp.tanh(xw @ p(self.time_decay_w1)) @ p(self.time_decay_w2)).astype(jnp.float32)
         w = heads(jnp.exp(-jnp.exp(decay)))                                               # [B, T, H, N] f32
-        y, wkv_state = wkv(r, k, v, w, self.time_faaaa[...], state["wkv"])
+        y, wkv_state = wkv5(r, k, v, w, self.time_faaaa[...], state["wkv"])
         y = self.ln_x(y.reshape(b, t, c)).astype(x.dtype)
         return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, shared
 

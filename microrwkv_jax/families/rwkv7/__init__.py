@@ -3,8 +3,8 @@ per token, fine-tune. Presets rwkv7 (= rwkv7-0.1b), rwkv7-0.4b, rwkv7-1.5b, rwkv
 models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
 
 from microrwkv_jax.decoding import generate_recurrent
+from microrwkv_jax.families.blinkdl import SHELL_AXES, TOKENIZER, world_presets
 from microrwkv_jax.families.family import Family, TorchCheckpointFormat
-from microrwkv_jax.families.rwkv5 import SHELL_AXES, TOKENIZER, presets
 from microrwkv_jax.families.rwkv7 import checkpoint_names
 from microrwkv_jax.families.rwkv7.model import RWKV7, check_config, forward_flops_per_token
 
@@ -16,8 +16,8 @@ PARAM_AXES = {
     "blocks/*/att/?2": ("lora", "embed"),
     "blocks/*/att/*": ("embed",),                               # x_*, w0, a0, v0, k_k, k_a
 }
-PRESETS = presets({"rwkv7": (12, 768), "rwkv7-0.1b": (12, 768), "rwkv7-0.4b": (24, 1024),
-                   "rwkv7-1.5b": (24, 2048), "rwkv7-2.9b": (32, 2560)}, {})
+PRESETS = world_presets({"rwkv7": (12, 768), "rwkv7-0.1b": (12, 768), "rwkv7-0.4b": (24, 1024),
+                         "rwkv7-1.5b": (24, 2048), "rwkv7-2.9b": (32, 2560)})
 
 FAMILY = Family(
     arch="rwkv7",

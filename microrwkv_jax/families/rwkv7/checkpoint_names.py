@@ -30,7 +30,8 @@ def parameter_map(config: ModelConfig):
         for name, rank in loras:
             if name != "g":
                 table.append(vector_row(f"{att}{name}0", f"{o}{name}0", c))
-            table += [(f"{att}{name}1", (c, rank), f"{o}{name}1", None), (f"{att}{name}2", (rank, c), f"{o}{name}2", None)]
+            table += [(f"{att}{name}1", (c, rank), f"{o}{name}1", None),
+                      (f"{att}{name}2", (rank, c), f"{o}{name}2", None)]
         table += [vector_row(f"{att}k_k", f"{o}k_k", c), vector_row(f"{att}k_a", f"{o}k_a", c),
                   (f"{att}r_k", (h, n), f"{o}r_k", None)]
         table += time_mix_rows(config, i, ("receptance", "key", "value", "output"))

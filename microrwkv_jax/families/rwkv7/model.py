@@ -8,7 +8,7 @@ delta rule with a per-token decay, an in-context learning rate and a value resid
               g = sigmoid(x_g g1) g2                                            the output gate (LoRA)
               kappa = normalise_per_head(k * k_k);  k = k * (1 + (a - 1) * k_a)
               v = v_first (layer 0: v_first = v)  or  v + (v_first - v) * sigmoid(v0 + (x_v v1) v2)
-              y = WKV7(r, k, v, w, -kappa, kappa * a)                           S <- S diag(w) - S kappa (kappa a)^T + v k^T
+              y = WKV7(r, k, v, w, -kappa, kappa * a)      S <- S diag(w) - S kappa (kappa a)^T + v k^T
               y = GroupNorm_H(y) + (sum_head(r * k * r_k)) v;  out = W_o (y * g)
     ChannelMix: k = x + dx * x_k;  out = W_v relu(W_k k)^2                      (no receptance)
 """
@@ -23,8 +23,7 @@ import numpy as np
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.blinkdl import Block, RecurrentLM, heads_state
-from microrwkv_jax.families.rwkv5.model import LN_X_EPS, check_config
+from microrwkv_jax.families.blinkdl import LN_X_EPS, Block, RecurrentLM, check_heads_config, heads_state
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
@@ -33,6 +32,7 @@ from microrwkv_jax.ops.wkv7 import wkv7_scan, wkv7_step
 
 DECAY_SCALE = math.exp(-0.5)      # w = exp(-e^-0.5 * sigmoid(.)): each token keeps at least e^(-e^-0.5) = 0.545
 MIXES = ("r", "w", "k", "v", "a", "g")
+check_config = check_heads_config
 
 
 def ffn_dim(config: ModelConfig) -> int:
