@@ -21,12 +21,15 @@ import numpy as np
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
+from microrwkv_jax.decoding import generate_recurrent
+from microrwkv_jax.families.family import Family, TorchCheckpointFormat
 from microrwkv_jax.layers.linears import STD, linear_map_param
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
 LAYER = re.compile(r"blocks\.(\d+)\.")
+BLOCK_SIZE = 4096    # no positional limit; the context the World models were trained with
 LN_X_EPS = 64e-5     # ln_x's GroupNorm eps in the package: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
 TOKENIZER = "world"  # RWKV-5/6/7's: the RWKV World tokenizer
 # Logical axes of the parameters every generation from RWKV-5 on has, for sharding (microrwkv_jax.sharding).
@@ -48,7 +51,22 @@ def world_presets(sizes: dict) -> dict:
     """{preset: ModelConfig fields} of BlinkDL World models of these {name: (layers, width)}: heads
     of 64 channels, the World tokenizer's 65,536 tokens, trained at 4,096 tokens."""
     return {name: dict(n_layer=layers, n_embd=width, n_head=width // 64, n_kv_head=1, vocab_size=65536,
-                       block_size=4096) for name, (layers, width) in sizes.items()}
+                       block_size=BLOCK_SIZE) for name, (layers, width) in sizes.items()}
+
+
+def world_family(arch: str, model_class: type, forward_flops_per_token, presets: dict, param_axes: dict,
+                 checkpoint_names, describe: str) -> Family:
+    """The Family of an RWKV generation from RWKV-5 on: recurrent (decodes and scores a text with
+    its state carried), BlinkDL's `.pth` files read by its `checkpoint_names` module
+    (`recognizes`, `read_checkpoint`, `parameter_map`), the World tokenizer."""
+    return Family(
+        arch=arch, presets=presets, model_class=model_class, check_config=model_class.check_config,
+        forward_flops_per_token=forward_flops_per_token, recurrent=True, stateful_score=lambda config: True,
+        generate=generate_recurrent, describe=lambda config: describe, param_axes=param_axes,
+        torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes,
+                                               read=checkpoint_names.read_checkpoint,
+                                               parameter_map=checkpoint_names.parameter_map,
+                                               default_tokenizer=TOKENIZER))
 
 
 def check_heads_config(config: ModelConfig) -> None:
@@ -110,9 +128,6 @@ def layer_norm_rows(blink: str, ours: str, c: int):
 def vector_row(blink: str, ours: str, c: int):
     """A per-channel vector BlinkDL stores as [1, 1, C] and we as [C]."""
     return (blink, (1, 1, c), ours, lambda a: a.reshape(-1))
-
-
-BLOCK_SIZE = 4096     # no positional limit; the context the World models were trained with
 
 
 def make_config(arch: str, check, **fields) -> ModelConfig:

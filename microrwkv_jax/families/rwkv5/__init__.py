@@ -2,11 +2,9 @@
 per token, fine-tune. Presets rwkv5 (= rwkv5-0.4b), rwkv5-1.5b, rwkv5-3b, rwkv5-7b: the World
 models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
 
-from microrwkv_jax.decoding import generate_recurrent
-from microrwkv_jax.families.blinkdl import SHELL_AXES, TOKENIZER, world_presets
-from microrwkv_jax.families.family import Family, TorchCheckpointFormat
+from microrwkv_jax.families.blinkdl import SHELL_AXES, world_family, world_presets
 from microrwkv_jax.families.rwkv5 import checkpoint_names
-from microrwkv_jax.families.rwkv5.model import RWKV5, check_config, forward_flops_per_token
+from microrwkv_jax.families.rwkv5.model import RWKV5, forward_flops_per_token
 
 # Logical axes of every parameter, for sharding (microrwkv_jax.sharding); the first matching glob wins.
 PARAM_AXES = {
@@ -19,18 +17,4 @@ PARAM_AXES = {
 PRESETS = world_presets({"rwkv5": (24, 1024), "rwkv5-0.4b": (24, 1024), "rwkv5-1.5b": (24, 2048),
                          "rwkv5-3b": (32, 2560), "rwkv5-7b": (32, 4096)})
 
-FAMILY = Family(
-    arch="rwkv5",
-    presets=PRESETS,
-    model_class=RWKV5,
-    check_config=check_config,
-    forward_flops_per_token=forward_flops_per_token,
-    recurrent=True,
-    stateful_score=lambda config: True,
-    generate=generate_recurrent,
-    describe=lambda config: "RWKV-5",
-    torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes,
-                                           read=checkpoint_names.read_checkpoint,
-                                           parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
-    param_axes=PARAM_AXES,
-)
+FAMILY = world_family("rwkv5", RWKV5, forward_flops_per_token, PRESETS, PARAM_AXES, checkpoint_names, "RWKV-5")

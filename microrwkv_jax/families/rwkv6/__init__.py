@@ -2,11 +2,9 @@
 per token, fine-tune. Presets rwkv6 (= rwkv6-1.6b), rwkv6-3b, rwkv6-7b, rwkv6-14b: the World
 models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
 
-from microrwkv_jax.decoding import generate_recurrent
-from microrwkv_jax.families.blinkdl import SHELL_AXES, TOKENIZER, world_presets
-from microrwkv_jax.families.family import Family, TorchCheckpointFormat
+from microrwkv_jax.families.blinkdl import SHELL_AXES, world_family, world_presets
 from microrwkv_jax.families.rwkv6 import checkpoint_names
-from microrwkv_jax.families.rwkv6.model import RWKV6, check_config, forward_flops_per_token
+from microrwkv_jax.families.rwkv6.model import RWKV6, forward_flops_per_token
 
 PARAM_AXES = {
     **SHELL_AXES,
@@ -22,18 +20,4 @@ PARAM_AXES = {
 PRESETS = world_presets({"rwkv6": (24, 2048), "rwkv6-1.6b": (24, 2048), "rwkv6-3b": (32, 2560),
                          "rwkv6-7b": (32, 4096), "rwkv6-14b": (61, 4096)})
 
-FAMILY = Family(
-    arch="rwkv6",
-    presets=PRESETS,
-    model_class=RWKV6,
-    check_config=check_config,
-    forward_flops_per_token=forward_flops_per_token,
-    recurrent=True,
-    stateful_score=lambda config: True,
-    generate=generate_recurrent,
-    describe=lambda config: "RWKV-6",
-    torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes,
-                                           read=checkpoint_names.read_checkpoint,
-                                           parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
-    param_axes=PARAM_AXES,
-)
+FAMILY = world_family("rwkv6", RWKV6, forward_flops_per_token, PRESETS, PARAM_AXES, checkpoint_names, "RWKV-6")

@@ -2,11 +2,9 @@
 per token, fine-tune. Presets rwkv7 (= rwkv7-0.1b), rwkv7-0.4b, rwkv7-1.5b, rwkv7-2.9b: the World
 models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
 
-from microrwkv_jax.decoding import generate_recurrent
-from microrwkv_jax.families.blinkdl import SHELL_AXES, TOKENIZER, world_presets
-from microrwkv_jax.families.family import Family, TorchCheckpointFormat
+from microrwkv_jax.families.blinkdl import SHELL_AXES, world_family, world_presets
 from microrwkv_jax.families.rwkv7 import checkpoint_names
-from microrwkv_jax.families.rwkv7.model import RWKV7, check_config, forward_flops_per_token
+from microrwkv_jax.families.rwkv7.model import RWKV7, forward_flops_per_token
 
 PARAM_AXES = {
     **{k: v for k, v in SHELL_AXES.items() if "receptance" not in k},
@@ -19,18 +17,4 @@ PARAM_AXES = {
 PRESETS = world_presets({"rwkv7": (12, 768), "rwkv7-0.1b": (12, 768), "rwkv7-0.4b": (24, 1024),
                          "rwkv7-1.5b": (24, 2048), "rwkv7-2.9b": (32, 2560)})
 
-FAMILY = Family(
-    arch="rwkv7",
-    presets=PRESETS,
-    model_class=RWKV7,
-    check_config=check_config,
-    forward_flops_per_token=forward_flops_per_token,
-    recurrent=True,
-    stateful_score=lambda config: True,
-    generate=generate_recurrent,
-    describe=lambda config: "RWKV-7",
-    torch_checkpoint=TorchCheckpointFormat(recognizes=checkpoint_names.recognizes,
-                                           read=checkpoint_names.read_checkpoint,
-                                           parameter_map=checkpoint_names.parameter_map, default_tokenizer=TOKENIZER),
-    param_axes=PARAM_AXES,
-)
+FAMILY = world_family("rwkv7", RWKV7, forward_flops_per_token, PRESETS, PARAM_AXES, checkpoint_names, "RWKV-7")
