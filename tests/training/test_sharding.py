@@ -136,7 +136,7 @@ def test_every_family_gives_the_same_numbers_on_every_mesh():
     (8,1,1), (1,8,1), (2,4,1), (2,2,2) of 8 CPU devices: the same losses and parameters to float32
     reduction order, for every family; and with fsdp=8 each device holds an eighth of the
     parameters and optimizer state, in its arrays and in the compiled step's arguments."""
-    results = run_mesh_equality(["hybrid", "gpt", "rwkv4"], ["rwkv", "published", "gpt2"])
+    results = run_mesh_equality(["hybrid", "gpt", "rwkv4", "rwkv6"], ["rwkv", "published", "gpt2", "rwkv5", "rwkv7"])
     assert sorted(results) == sorted(CONFIGS)
     for family, result in results.items():
         meshes = result["meshes"]
