@@ -7,8 +7,9 @@ delta rule with a per-token decay, an in-context learning rate and a value resid
               a = sigmoid(a0 + (x_a a1) a2)                                     in-context learning rate
               g = sigmoid(x_g g1) g2                                            the output gate (LoRA)
               kappa = normalise_per_head(k * k_k);  k = k * (1 + (a - 1) * k_a)
-              v = v_first (layer 0: v_first = v)  or  v + (v_first - v) * sigmoid(v0 + (x_v v1) v2)
-              y = WKV7(r, k, v, w, -kappa, kappa * a)      S <- S diag(w) - S kappa (kappa a)^T + v k^T
+              layer 0: v_first = v;  later layers: v = v + (v_first - v) * sigmoid(v0 + (x_v v1) v2)
+              y = WKV7(r, k, v, w, -kappa, kappa * a)      (BlinkDL's S[value, key]:
+                                                            S <- S diag(w) - S kappa (kappa a)^T + v k^T)
               y = GroupNorm_H(y) + (sum_head(r * k * r_k)) v;  out = W_o (y * g)
     ChannelMix: k = x + dx * x_k;  out = W_v relu(W_k k)^2                      (no receptance)
 """
