@@ -97,29 +97,55 @@ def _wkv_chunk(r, k, v, w, u, state):
     return y, new_state
 
 
+def _wkv_chunk_per_token(r, k, v, log_w, u, state):
+    """Exact WKV over one chunk of Q tokens with a decay per token and key channel (RWKV-6), in
+    parallel. r, k, v, log_w: [B, Q, H, N] float32 (log_w <= 0); u [H, N]. Every decay is a product
+    of the decays between two tokens of the chunk, exp(c_t - c_{s+1}) with c the running sum of
+    log_w, whose exponent is never positive: nothing is divided by a cumulative decay."""
+    q = r.shape[1]
+    upto = jnp.cumsum(log_w, axis=1)                              # c_{t+1}: the decays of tokens 0..t
+    before = upto - log_w                                         # c_t: of tokens 0..t-1
+    t = jnp.arange(q)
+    earlier = (t[None, :] < t[:, None])[None, :, :, None, None]   # [1, Q(t), Q(s), 1, 1]: s < t
+    exponent = jnp.where(earlier, before[:, :, None] - upto[:, None], -jnp.inf)   # [B, Q, Q, H, N]
+    scores = jnp.einsum("bthn,bshn,btshn->bhts", r, k, jnp.exp(exponent))
+    bonus = jnp.sum(r * u * k, axis=-1)                           # [B, Q, H]: the current token's
+    y = jnp.einsum("bhts,bshm->bthm", scores, v) + bonus[..., None] * v
+    y = y + jnp.einsum("bthn,bhnm->bthm", r * jnp.exp(before), state)
+    total = upto[:, -1]                                           # [B, H, N]
+    new_state = jnp.exp(total)[..., None] * state + jnp.einsum(
+        "bshn,bshm->bhnm", k * jnp.exp(total[:, None] - upto), v)
+    return y, new_state
+
+
 def wkv5_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64):
-    """The training form, for one decay per head (w, u: [H]): exact attention-like products inside
-    chunks of `chunk_size` tokens, the state carried between chunks by `lax.scan`. T need not be a
-    multiple of the chunk size: the remainder is one shorter chunk (never zero-padded, which would
-    decay the state)."""
+    """The training form: exact attention-like products inside chunks of `chunk_size` tokens, the
+    state carried between chunks by `lax.scan`. For one decay per head (x051a: w, u [H]) or one per
+    token and key channel (RWKV-6: w [B, T, H, N], u [H, N]). T need not be a multiple of the chunk
+    size: the remainder is one shorter chunk (never zero-padded, which would decay the state)."""
     b, t, h, n = r.shape
     dtype = r.dtype
-    w, u = w.astype(F32), u.astype(F32)
+    per_token = w.ndim == 4
+    u = u.astype(F32)
     r, k, v = (a.astype(F32) for a in (r, k, v))
+    inputs = (r, k, v, jnp.log(w.astype(F32))) if per_token else (r, k, v)
+    chunk = ((lambda r, k, v, log_w, state: _wkv_chunk_per_token(r, k, v, log_w, u if u.ndim == 2 else u[:, None],
+                                                                  state))
+             if per_token else (lambda r, k, v, state: _wkv_chunk(r, k, v, w.astype(F32), u, state)))
     state = initial_state.astype(F32)
     q = min(chunk_size, t)
     num_full = t // q
     outputs = []
     if num_full:
-        def body(state, rkv):
-            y, state = _wkv_chunk(*rkv, w, u, state)
+        def body(state, xs):
+            y, state = chunk(*xs, state)
             return state, y
 
-        chunks = [a[:, : num_full * q].reshape(b, num_full, q, h, n).swapaxes(0, 1) for a in (r, k, v)]
+        chunks = [a[:, : num_full * q].reshape(b, num_full, q, h, n).swapaxes(0, 1) for a in inputs]
         state, y = jax.lax.scan(body, state, chunks)              # y [num_full, B, Q, H, N]
         outputs.append(y.swapaxes(0, 1).reshape(b, num_full * q, h, n))
     if t % q:
-        y, state = _wkv_chunk(*(a[:, num_full * q:] for a in (r, k, v)), w, u, state)
+        y, state = chunk(*(a[:, num_full * q:] for a in inputs), state)
         outputs.append(y)
     y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
     return y.astype(dtype), state
