@@ -262,5 +262,7 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     # flight varies by a few pieces (each ~1 MB of text and tokens) with the threads' timing.
     assert sources.PIECE_CHARS < 16 * 2 ** 20
     assert peaks[64] - peaks[16] < 12 * 2 ** 20, peaks
-    assert workers[64] - workers[16] < 12 * 2 ** 20, workers
+    # With the worker processes, identical runs' peaks differ by up to ~13 MB (measured: -2 to +13 MB
+    # between the two sizes, one CI run at 12.6): still far below what holding the text would add.
+    assert workers[64] - workers[16] < 24 * 2 ** 20, workers
     assert peaks[64] < 1 << 30 and peaks[64] < workers[64] < 1 << 30, (peaks, workers)
