@@ -202,6 +202,18 @@ def read_world_vocab(path) -> list:
     return tokens
 
 
+def utf8_prefix(data: bytes) -> bytes:
+    """`data` without a UTF-8 character its last (up to 3) bytes begin but do not finish."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return data
+        if byte >= 0xC0:                            # a lead byte: complete only if its length fits
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if need <= back else data[:-back]
+    return data
+
+
 def _rust_world_tokenizer(path: str):
     from pyrwkv_tokenizer import WorldTokenizer as RustWorldTokenizer
     try:
@@ -221,7 +233,8 @@ class WorldTokenizer:
     def __init__(self, path=None):
         path = pathlib.Path(path) if path else world_vocab_path()
         self.tokens = read_world_vocab(path)
-        self.max_token_bytes = max(map(len, self.tokens))
+        self.token_bytes = np.asarray([len(t) for t in self.tokens], np.int64)      # by id
+        self.max_token_bytes = int(self.token_bytes.max())
         digest = hashlib.sha256(b"\0".join(self.tokens)).hexdigest()[:12]
         self.path, self.name = str(path), "world" if digest == WORLD_DIGEST else f"world-{digest}"
         self.fast = _rust_world_tokenizer(self.path)
@@ -271,11 +284,11 @@ class WorldTokenizer:
         both sides apart gives the tokens of the whole, late in it, or -1: the start of the last
         token that begins at least `max_token_bytes` before the buffer's end. Greedy longest match
         decides a token from the next max_token_bytes bytes only, so every token before it is final."""
-        usable = len(buffer) - self.max_token_bytes
+        whole = utf8_prefix(buffer)                 # (a character cut at the end is left out)
+        usable = len(whole) - self.max_token_bytes
         if usable <= 0:
             return -1
-        ids = self.encode_stream(buffer[:len(buffer) - 3] if buffer[-1] >= 0x80 else buffer)
-        ends = np.cumsum([len(self.tokens[i]) for i in ids])
+        ends = np.cumsum(self.token_bytes[self.encode_stream(whole)])   # where each token ends
         starts = ends[ends <= usable]
         return int(starts[-1]) if starts.size else -1
 
