@@ -24,6 +24,10 @@ def test_wkv_and_train_subcommands():
     assert {(r["form"], r["mode"]) for r in rows} >= {("chunked_q8", "forward+backward"), ("scan", "forward"),
                                                      ("step", "forward (one token)")}
     assert all(r["ms"] > 0 and r["device"] and r["jax"] for r in rows)
+    rows = bench("wkv", "--shape", "1,16,1,4", "--chunks", "8", "--repeats", "1", "--warmup", "0", "--decays",
+                 "per_token")
+    assert {(r["decays"], r["form"], r["mode"]) for r in rows} >= {("per_token", "chunked_q8", "forward+backward"),
+                                                                 ("per_token", "scan", "forward+backward")}
     rows = bench("attention", "--attention_shape", "1,32,2,1,8", "--windows", "8,global", "--repeats", "1",
                  "--warmup", "0")
     assert [(r["impl"], r["window"]) for r in rows] == [("xla_masked", 8), ("causal_attention", 8),
