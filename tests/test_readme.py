@@ -22,7 +22,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
 
 from tests.helpers import REPO, gpt2_bpe_path, make_tokenizer_json

@@ -28,6 +28,16 @@ def lerp(x, shifted, mix):
     return x * mix + shifted * (1 - mix)
 
 
+def gated_heads_output(x, r, k, v, w, u, g, wkv_state, ln_x, output, chunk_size=None):
+    """What RWKV-5/6 and x051a time mixing share after their projections: the WKV over the heads
+    (`wkv5.wkv5`; r, k, v [B, T, H, N]), the per-head GroupNorm `ln_x`, the gate g and `output`.
+    Returns (out [B, T, C], the new {"shift", "wkv"} state)."""
+    b, t, c = x.shape
+    y, wkv_state = wkv5.wkv5(r, k, v, w, u, wkv_state, chunk_size)
+    y = ln_x(y.reshape(b, t, c)).astype(x.dtype)
+    return output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}
+
+
 def _ratios(layer_id: int, n_layer: int):
     """RWKV's depth ratios r0 = i / (L-1) (0 -> 1 with depth) and r1 = 1 - i / L (1 -> ~0)."""
     return layer_id / max(n_layer - 1, 1), 1.0 - layer_id / n_layer
@@ -87,7 +97,7 @@ class TimeMix(nnx.Module):
         """x: [B, T, C]; state: {"shift": [B, C], "wkv": [B, H, N, N]} or None for a fresh sequence
         (the state carries the position, so `start` is not needed). Returns (out [B, T, C], new
         state, no aux). T == 1 uses the step form, longer inputs the chunked one."""
-        b, t, c = x.shape
+        b, t, _ = x.shape
         if state is None:
             state = self.init_state(b)
         xx = token_shift(x, state["shift"]) - x
@@ -98,13 +108,8 @@ class TimeMix(nnx.Module):
         g = nnx.silu(self.gate(xg))
         w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))
         u = self.time_faaaa[...].astype(jnp.float32)
-        if t == 1:
-            y, wkv_state = wkv5.wkv5_step(r[:, 0], k[:, 0], v[:, 0], w, u, state["wkv"])
-            y = y[:, None].astype(x.dtype)
-        else:
-            y, wkv_state = wkv5.wkv5_chunked(r, k, v, w, u, state["wkv"], self.chunk_size)
-        y = self.ln_x(y.reshape(b, t, c))
-        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, {}
+        out, new_state = gated_heads_output(x, r, k, v, w, u, g, state["wkv"], self.ln_x, self.output, self.chunk_size)
+        return out, new_state, {}
 
 
 class ChannelMix(nnx.Module):

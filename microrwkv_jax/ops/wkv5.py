@@ -65,13 +65,15 @@ def wkv5_scan(r, k, v, w, u, initial_state):
     return jnp.swapaxes(y, 0, 1).astype(r.dtype), final_state
 
 
-def wkv5(r, k, v, w, u, state):
-    """Decoding and prefill: the step form for one token, the scan for longer inputs
-    (r, k, v [B, T, H, N]; w [H], [H, N] or per token [B, T, H, N])."""
+def wkv5(r, k, v, w, u, state, chunk_size=None):
+    """The form for the input: the step form for one token, else the chunked form of `chunk_size`
+    tokens (None: the scan). r, k, v [B, T, H, N]; w [H], [H, N] or per token [B, T, H, N]."""
     if r.shape[1] == 1:
         y, state = wkv5_step(r[:, 0], k[:, 0], v[:, 0], w if w.ndim < 4 else w[:, 0], u, state)
         return y[:, None], state
-    return wkv5_scan(r, k, v, w, u, state)
+    if chunk_size is None:
+        return wkv5_scan(r, k, v, w, u, state)
+    return wkv5_chunked(r, k, v, w, u, state, chunk_size)
 
 
 def _wkv_chunk(r, k, v, w, u, state):

@@ -2,7 +2,6 @@
 both scores of all of it, a time budget that drives the schedule, eval_only, sample.py."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -34,7 +33,7 @@ def test_a_text_file_trains_for_its_budget_and_is_scored_whole(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert "model: causal ['time_mix', 'channel_mix'] " in done.stderr and "2 device(s) (cpu)" in done.stderr
     assert f"{len(raw) - held:,} train tokens, {held:,} held-out tokens ({held:,} bytes)" in done.stderr
-    assert f"stopping at step " in done.stderr and "max_train_minutes=0.05 reached" in done.stderr
+    assert "stopping at step " in done.stderr and "max_train_minutes=0.05 reached" in done.stderr
     summary = [line for line in lines if line.startswith(f"  held-out text of {held:,} bytes, every byte scored: "
                                                          "full context (state carried through the text) ")]
     assert len(summary) == 1 and "windows of 64 tokens (nanoGPT's score)" in summary[0]

@@ -21,8 +21,7 @@ from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
-from microrwkv_jax.layers.rwkv import LerpChannelMix, lerp, token_shift
-from microrwkv_jax.ops.wkv5 import wkv5
+from microrwkv_jax.layers.rwkv import LerpChannelMix, gated_heads_output, lerp, token_shift
 
 ffn_dim = ffn_dim_3_5
 check_config = check_heads_config
@@ -58,7 +57,7 @@ class TimeMix(nnx.Module):
 
     def __call__(self, x, state, shared=None):
         """x [B, T, C]; state {"shift": [B, C], "wkv": [B, H, N, N]} -> (out [B, T, C], new state, shared)."""
-        b, t, c = x.shape
+        b, t, _ = x.shape
         xx = token_shift(x, state["shift"])
         heads = lambda a: a.reshape(b, t, self.n_head, self.head_size)             # [B, T, H, N]
         r = heads(self.receptance(lerp(x, xx, self.time_mix_r[...])))
@@ -66,9 +65,9 @@ class TimeMix(nnx.Module):
         v = heads(self.value(lerp(x, xx, self.time_mix_v[...])))
         g = nnx.silu(self.gate(lerp(x, xx, self.time_mix_g[...])))
         w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))            # [H, N]
-        y, wkv_state = wkv5(r, k, v, w, self.time_faaaa[...], state["wkv"])
-        y = self.ln_x(y.reshape(b, t, c)).astype(x.dtype)
-        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, shared
+        out, new_state = gated_heads_output(x, r, k, v, w, self.time_faaaa[...], g, state["wkv"], self.ln_x,
+                                            self.output)
+        return out, new_state, shared
 
 
 class RWKV5(RecurrentLM):

@@ -23,8 +23,7 @@ from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
-from microrwkv_jax.layers.rwkv import ChannelMix, token_shift
-from microrwkv_jax.ops.wkv5 import wkv5
+from microrwkv_jax.layers.rwkv import ChannelMix, gated_heads_output, token_shift
 
 MIXES = ("w", "k", "v", "r", "g")          # the order of the five token-shift LoRAs in time_maa_w2
 ffn_dim = ffn_dim_3_5
@@ -73,7 +72,7 @@ class TimeMix(nnx.Module):
 
     def __call__(self, x, state, shared=None):
         """x [B, T, C]; state {"shift": [B, C], "wkv": [B, H, N, N]} -> (out [B, T, C], new state, shared)."""
-        b, t, c = x.shape
+        b, t, _ = x.shape
         p = lambda a: a[...].astype(x.dtype)
         dx = token_shift(x, state["shift"]) - x
         lora_in = jnp.tanh((x + dx * p(self.time_maa_x)) @ p(self.time_maa_w1))         # [B, T, 5 D]
@@ -88,9 +87,9 @@ class TimeMix(nnx.Module):
         decay = self.time_decay[...].astype(jnp.float32) + (
             jnp.tanh(xw @ p(self.time_decay_w1)) @ p(self.time_decay_w2)).astype(jnp.float32)
         w = heads(jnp.exp(-jnp.exp(decay)))                                               # [B, T, H, N] f32
-        y, wkv_state = wkv5(r, k, v, w, self.time_faaaa[...], state["wkv"])
-        y = self.ln_x(y.reshape(b, t, c)).astype(x.dtype)
-        return self.output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}, shared
+        out, new_state = gated_heads_output(x, r, k, v, w, self.time_faaaa[...], g, state["wkv"], self.ln_x,
+                                            self.output)
+        return out, new_state, shared
 
 
 class RWKV6(RecurrentLM):
