@@ -140,18 +140,20 @@ def per_token_inputs(seed, b=2, t=37, h=3, n=8, w_range=(0.004, 0.999), key_scal
     return r, key_scale * k, v, w, u, s0
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, 16])
+@pytest.mark.parametrize("chunk_size, sub_chunk", [(1, 4), (5, 4), (16, 16), (16, 4), (24, 8)])
 @pytest.mark.parametrize("w_range", [(0.004, 0.2), (0.9, 0.999), (0.004, 0.999)])
-def test_chunked_per_token_decays_equal_float64_and_the_scan_in_values_and_gradients(chunk_size, w_range):
+def test_chunked_per_token_decays_equal_float64_and_the_scan_in_values_and_gradients(chunk_size, sub_chunk, w_range):
     """RWKV-6's decays (per token and key channel) in the chunked form: the float64 definition's
-    values, and the scan form's gradients with respect to every input, T not a multiple of the chunk."""
+    values, and the scan form's gradients with respect to every input, T not a multiple of the
+    chunk; sub-chunks of one chunk (16/16: pairs inside one sub-chunk only) or several (across)."""
     inputs = per_token_inputs(chunk_size, w_range=w_range)
     y_ref, s_ref = numpy_wkv_per_channel(*inputs)
-    y, s = wkv5.wkv5_chunked(*inputs, chunk_size=chunk_size)
+    y, s = wkv5.wkv5_chunked(*inputs, chunk_size=chunk_size, sub_chunk=sub_chunk)
     assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
     weights = jnp.asarray(np.random.default_rng(9).standard_normal(y_ref.shape), jnp.float32)
     loss = lambda fn: (lambda *a: jnp.sum(weights * fn(*a)[0]) + jnp.sum(jnp.sin(fn(*a)[1])))
-    g_chunk = jax.grad(loss(lambda *a: wkv5.wkv5_chunked(*a, chunk_size=chunk_size)), argnums=range(6))(*inputs)
+    chunked = lambda *a: wkv5.wkv5_chunked(*a, chunk_size=chunk_size, sub_chunk=sub_chunk)
+    g_chunk = jax.grad(loss(chunked), argnums=range(6))(*inputs)
     g_scan = jax.grad(loss(wkv5.wkv5_scan), argnums=range(6))(*inputs)
     for name, a, b in zip("rkvwus", g_chunk, g_scan):
         assert np.isfinite(np.asarray(a)).all(), name
@@ -161,6 +163,7 @@ def test_chunked_per_token_decays_equal_float64_and_the_scan_in_values_and_gradi
 def test_chunked_per_token_decays_stay_exact_over_4096_tokens_of_strong_decays_and_large_keys():
     inputs = per_token_inputs(4, b=1, t=4096, h=2, n=8, w_range=(0.004, 0.999), key_scale=8.0)
     y_ref, s_ref = numpy_wkv_per_channel(*inputs)
-    y, s = jax.jit(lambda *a: wkv5.wkv5_chunked(*a, chunk_size=16))(*inputs)
-    assert np.isfinite(np.asarray(y)).all()
-    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    for chunk_size, sub_chunk in ((16, 4), (64, 16)):
+        y, s = jax.jit(lambda *a: wkv5.wkv5_chunked(*a, chunk_size=chunk_size, sub_chunk=sub_chunk))(*inputs)
+        assert np.isfinite(np.asarray(y)).all()
+        assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5

@@ -1,12 +1,13 @@
-"""RWKV-7's WKV operator (the generalised delta rule): scan and step forms against a float64
-numpy definition written from the formula, in BlinkDL's [value, key] state layout."""
+"""RWKV-7's WKV operator (the generalised delta rule): scan, step and chunked forms against a
+float64 numpy definition written from the formula, in BlinkDL's [value, key] state layout, and
+the chunked form's gradients against the scan's."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from microrwkv_jax.ops.wkv7 import wkv7_scan, wkv7_step
+from microrwkv_jax.ops.wkv7 import wkv7, wkv7_chunked, wkv7_scan, wkv7_step
 from tests.helpers import rel_err
 
 
@@ -68,3 +69,42 @@ def test_bf16_inputs_keep_float32_state():
     y, s = wkv7_scan(*low, inputs[-1])
     assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 3e-2 and rel_err(s, s_ref) <= 3e-2
+
+
+@pytest.mark.parametrize("chunk_size, sub_chunk", [(1, 4), (5, 4), (16, 16), (16, 4), (24, 8)])
+@pytest.mark.parametrize("w_low", [np.exp(-np.exp(-0.5)), 0.004])
+def test_chunked_equals_float64_and_the_scan_in_values_and_gradients(chunk_size, sub_chunk, w_low):
+    """T = 37, not a multiple of any chunk; the decays down to RWKV-7's clamp and further (0.004)."""
+    inputs = rwkv7_inputs(chunk_size + sub_chunk, w_low=w_low)
+    y_ref, s_ref = numpy_wkv7(*inputs)
+    chunked = lambda *x: wkv7_chunked(*x, chunk_size=chunk_size, sub_chunk=sub_chunk)
+    y, s = jax.jit(chunked)(*inputs)
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    weights = jnp.asarray(np.random.default_rng(9).standard_normal(y_ref.shape), jnp.float32)
+    loss = lambda fn: (lambda *x: jnp.sum(weights * fn(*x)[0]) + jnp.sum(jnp.sin(fn(*x)[1])))
+    g_chunk = jax.jit(jax.grad(loss(chunked), argnums=range(7)))(*inputs)
+    g_scan = jax.jit(jax.grad(loss(wkv7_scan), argnums=range(7)))(*inputs)
+    for name, a, b in zip(["r", "k", "v", "w", "a", "b", "s0"], g_chunk, g_scan):
+        assert np.isfinite(np.asarray(a)).all(), name
+        assert rel_err(a, b) <= 1e-5, name
+
+
+def test_chunked_stays_exact_over_4096_tokens_of_strong_decays_and_large_keys():
+    r, k, v, w, a, b, s0 = rwkv7_inputs(5, b=1, t=4096, h=2, n=8, w_low=np.exp(-np.exp(-0.5)))
+    k, v = 8 * k, 8 * v
+    y_ref, s_ref = numpy_wkv7(r, k, v, w, a, b, s0)
+    for chunk_size, sub_chunk in ((16, 4), (64, 16)):
+        y, s = jax.jit(lambda *x: wkv7_chunked(*x, chunk_size=chunk_size, sub_chunk=sub_chunk))(r, k, v, w, a, b, s0)
+        assert np.isfinite(np.asarray(y)).all()
+        assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+
+
+def test_dispatcher_picks_the_step_the_scan_or_the_chunked_form():
+    inputs = rwkv7_inputs(6, t=20)
+    y_ref, s_ref = numpy_wkv7(*inputs)
+    for chunk_size in (None, 8):
+        y, s = wkv7(*inputs, chunk_size=chunk_size)
+        assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    y1, s1 = wkv7(*(x[:, :1] for x in inputs[:-1]), inputs[-1], chunk_size=8)
+    y1_ref, s1_ref = numpy_wkv7(*(x[:, :1] for x in inputs[:-1]), inputs[-1])
+    assert y1.shape == y1_ref.shape and rel_err(y1, y1_ref) <= 1e-5 and rel_err(s1, s1_ref) <= 1e-5

@@ -21,7 +21,8 @@ and the bonus u is [H] or [H, N]. All three forms share one calling convention:
     initial_state:  [B, H, N, N]   float32 (zeros to start a sequence)
 
 `wkv5_step` takes one token: r, k, v [B, H, N] and w [H], [H, N] or [B, H, N]. `wkv5_chunked`
-takes one decay per head. The state and every decay factor are float32 whatever the activation
+takes all three: one decay per head in x051a's chunk loop, the others in the relative-decay form
+of `ops.chunked`. The state and every decay factor are float32 whatever the activation
 dtype, and decays are only ever multiplied in or raised to non-negative powers (no `w^t * w^-s`
 factorisation: w^-s overflows for the strong decays that trained models learn).
 """
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from microrwkv_jax.ops.chunked import SUB_CHUNK, ChunkDecays, in_chunks
 
 F32 = jnp.float32
 
@@ -99,41 +102,44 @@ def _wkv_chunk(r, k, v, w, u, state):
     return y, new_state
 
 
-def _wkv_chunk_per_token(r, k, v, log_w, u, state):
-    """Exact WKV over one chunk of Q tokens with a decay per token and key channel (RWKV-6), in
-    parallel. r, k, v, log_w: [B, Q, H, N] float32 (log_w <= 0); u [H, N]. Every decay is a product
-    of the decays between two tokens of the chunk, exp(c_t - c_{s+1}) with c the running sum of
-    log_w, whose exponent is never positive: nothing is divided by a cumulative decay."""
-    q = r.shape[1]
-    upto = jnp.cumsum(log_w, axis=1)                              # c_{t+1}: the decays of tokens 0..t
-    before = upto - log_w                                         # c_t: of tokens 0..t-1
-    t = jnp.arange(q)
-    earlier = (t[None, :] < t[:, None])[None, :, :, None, None]   # [1, Q(t), Q(s), 1, 1]: s < t
-    exponent = jnp.where(earlier, before[:, :, None] - upto[:, None], -jnp.inf)   # [B, Q, Q, H, N]
-    scores = jnp.einsum("bthn,bshn,btshn->bhts", r, k, jnp.exp(exponent))
-    bonus = jnp.sum(r * u * k, axis=-1)                           # [B, Q, H]: the current token's
-    y = jnp.einsum("bhts,bshm->bthm", scores, v) + bonus[..., None] * v
-    y = y + jnp.einsum("bthn,bhnm->bthm", r * jnp.exp(before), state)
-    total = upto[:, -1]                                           # [B, H, N]
-    new_state = jnp.exp(total)[..., None] * state + jnp.einsum(
-        "bshn,bshm->bhnm", k * jnp.exp(total[:, None] - upto), v)
-    return y, new_state
+def _wkv_chunk_per_token(r, k, v, log_w, u, state, sub):
+    """Exact WKV over one chunk [B, H, Q, N] with a decay per token and key channel (RWKV-6), in
+    parallel, by the relative decays of `ops.chunked`. u [H, 1, N]."""
+    d = ChunkDecays(log_w, sub)
+    y = (jnp.einsum("bhqi,bhij->bhqj", r * jnp.exp(d.before), state)
+         + d.scores(r, k) @ v
+         + jnp.sum(r * u * k, axis=-1, keepdims=True) * v)                          # the bonus of the token itself
+    written = jnp.einsum("bhqi,bhqj->bhij", k * jnp.exp(d.after), v)
+    return y, jnp.exp(d.total)[..., None] * state + written
 
 
-def wkv5_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64):
+def wkv5_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64, sub_chunk: int = SUB_CHUNK):
     """The training form: exact attention-like products inside chunks of `chunk_size` tokens, the
-    state carried between chunks by `lax.scan`. For one decay per head (x051a: w, u [H]) or one per
-    token and key channel (RWKV-6: w [B, T, H, N], u [H, N]). T need not be a multiple of the chunk
-    size: the remainder is one shorter chunk (never zero-padded, which would decay the state)."""
+    state carried between chunks. For one decay per head (x051a: w, u [H]), per key channel
+    (RWKV-5.2: w, u [H, N]) or per token and key channel (RWKV-6: w [B, T, H, N], u [H, N]; the
+    relative-decay form of `ops.chunked`, sub-chunks of `sub_chunk` tokens). T need not be a
+    multiple of the chunk size: the remainder is one shorter chunk (never zero-padded, which
+    would decay the state)."""
     b, t, h, n = r.shape
     dtype = r.dtype
-    per_token = w.ndim == 4
+    if w.ndim == 2:                                               # per key channel: the same for every token
+        w = jnp.broadcast_to(w.astype(F32), (b, t, h, n))
+    if w.ndim == 4:
+        u = jnp.broadcast_to(u.astype(F32).reshape(h, -1), (h, n))[:, None, :]    # [H, 1, N]
+        chunk = lambda r, k, v, log_w, state: _wkv_chunk_per_token(r, k, v, log_w, u, state, sub_chunk)
+        inputs = [a.astype(F32) for a in (r, k, v)] + [jnp.log(w.astype(F32))]
+        y, state = in_chunks(chunk, inputs, initial_state, chunk_size)
+        return y.astype(dtype), state
+    return _wkv5_chunked_per_head(r, k, v, w, u, initial_state, chunk_size)
+
+
+def _wkv5_chunked_per_head(r, k, v, w, u, initial_state, chunk_size):
+    """x051a's chunked form (one decay per head): the chunks in a `lax.scan`."""
+    b, t, h, n = r.shape
+    dtype = r.dtype
     u = u.astype(F32)
     r, k, v = (a.astype(F32) for a in (r, k, v))
-    inputs = (r, k, v, jnp.log(w.astype(F32))) if per_token else (r, k, v)
-    chunk = ((lambda r, k, v, log_w, state: _wkv_chunk_per_token(r, k, v, log_w, u if u.ndim == 2 else u[:, None],
-                                                                  state))
-             if per_token else (lambda r, k, v, state: _wkv_chunk(r, k, v, w.astype(F32), u, state)))
+    chunk = lambda r, k, v, state: _wkv_chunk(r, k, v, w.astype(F32), u, state)
     state = initial_state.astype(F32)
     q = min(chunk_size, t)
     num_full = t // q
@@ -143,11 +149,11 @@ def wkv5_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64):
             y, state = chunk(*xs, state)
             return state, y
 
-        chunks = [a[:, : num_full * q].reshape(b, num_full, q, h, n).swapaxes(0, 1) for a in inputs]
+        chunks = [a[:, : num_full * q].reshape(b, num_full, q, h, n).swapaxes(0, 1) for a in (r, k, v)]
         state, y = jax.lax.scan(body, state, chunks)              # y [num_full, B, Q, H, N]
         outputs.append(y.swapaxes(0, 1).reshape(b, num_full * q, h, n))
     if t % q:
-        y, state = chunk(*(a[:, num_full * q:] for a in inputs), state)
+        y, state = chunk(*(a[:, num_full * q:] for a in (r, k, v)), state)
         outputs.append(y)
     y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
     return y.astype(dtype), state

@@ -13,6 +13,17 @@ w in [exp(-exp(-0.5)), 1) is its per-token, per-channel decay. The same calling 
 
     y, final_state = wkv7_scan(r, k, v, w, a, b, initial_state)    r, k, v, w, a, b: [B, T, H, N]
     y, final_state = wkv7_step(r, k, v, w, a, b, state)            one token: [B, H, N]
+    y, final_state = wkv7_chunked(r, k, v, w, a, b, initial_state, chunk_size)     training
+    y, final_state = wkv7(r, k, v, w, a, b, state, chunk_size=None)   step / chunked / scan
+
+The chunked form (a UT transform of each chunk): inside a chunk of Q tokens, with
+u_t = a_t^T S_{t-1} (what the rank-one term reads) and relative decays exp(c_t - c_i) (ops.chunked),
+
+    u_t = (a_t e^{before_t})^T S_0 + sum_{i<t} A_ti u_i + K_ti v_i     A = scores(a, b), K = scores(a, k)
+    y_t = (r_t e^{upto_t})^T S_0 + sum_{i<=t} Rb_ti u_i + Rk_ti v_i     (inclusive scores of r)
+
+so U = (I - A)^{-1} ((a e^{before}) S_0 + K V), one unit lower-triangular inverse per chunk,
+and the chunk's end state is diag(e^{total}) S_0 + (b e^{after})^T U + (k e^{after})^T V.
 
 y comes back float32 from the step and in r's dtype from the scan; the state, the decays and
 every product on the state are float32 whatever the activation dtype. Nothing is ever divided
@@ -23,6 +34,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from microrwkv_jax.ops.chunked import SUB_CHUNK, ChunkDecays, in_chunks
 
 F32 = jnp.float32
 
@@ -45,3 +58,49 @@ def wkv7_scan(r, k, v, w, a, b, initial_state):
     time_major = [jnp.swapaxes(x, 0, 1) for x in (r, k, v, w, a, b)]      # [T, B, H, N]
     final_state, y = jax.lax.scan(step, initial_state.astype(F32), time_major)
     return jnp.swapaxes(y, 0, 1).astype(r.dtype), final_state
+
+
+def unit_lower_inverse(a):
+    """(I - A)^{-1} for strictly lower-triangular A [..., Q, Q], by forward substitution row by
+    row: X_t = e_t + A_t X (rows of X above t are final when row t is formed). XLA's CPU
+    triangular solve was measured to hang (a deadlock, no CPU used) inside this scan's gradient,
+    so the solve is written out; Q matrix-vector products per chunk."""
+    q = a.shape[-1]
+    x = jnp.broadcast_to(jnp.eye(q, dtype=a.dtype), a.shape)
+    for t in range(1, q):
+        x = x.at[..., t, :].add(jnp.einsum("...i,...ij->...j", a[..., t, :t], x[..., :t, :]))
+    return x
+
+
+def _wkv7_chunk(r, k, v, log_w, a, b, state, sub):
+    """Exact RWKV-7 WKV over one chunk [B, H, Q, N], in parallel: a triangular solve and matrix
+    products."""
+    d = ChunkDecays(log_w, sub)
+    rhs = jnp.einsum("bhqi,bhij->bhqj", a * jnp.exp(d.before), state) + d.scores(a, k) @ v
+    u = unit_lower_inverse(d.scores(a, b)) @ rhs                  # [B, H, Q, N]: a_t^T S_{t-1}
+    y = (jnp.einsum("bhqi,bhij->bhqj", r * jnp.exp(d.upto), state)
+         + d.scores_inclusive(r, b) @ u + d.scores_inclusive(r, k) @ v)
+    written = (jnp.einsum("bhqi,bhqj->bhij", b * jnp.exp(d.after), u)
+               + jnp.einsum("bhqi,bhqj->bhij", k * jnp.exp(d.after), v))
+    return y, jnp.exp(d.total)[..., None] * state + written
+
+
+def wkv7_chunked(r, k, v, w, a, b, initial_state, chunk_size: int = 64, sub_chunk: int = SUB_CHUNK):
+    """The training form: every chunk of `chunk_size` tokens in parallel (a triangular solve and
+    matrix products), the state carried between chunks. T need not be a multiple of the chunk
+    size: the remainder is one shorter chunk."""
+    inputs = [x.astype(F32) for x in (r, k, v)] + [jnp.log(w.astype(F32))] + [x.astype(F32) for x in (a, b)]
+    chunk = lambda r, k, v, log_w, a, b, state: _wkv7_chunk(r, k, v, log_w, a, b, state, sub_chunk)
+    y, state = in_chunks(chunk, inputs, initial_state, chunk_size)
+    return y.astype(r.dtype), state
+
+
+def wkv7(r, k, v, w, a, b, state, chunk_size=None):
+    """The form for the input: the step form for one token, else the chunked form of `chunk_size`
+    tokens (None: the scan). All inputs [B, T, H, N]."""
+    if r.shape[1] == 1:
+        y, state = wkv7_step(*(x[:, 0] for x in (r, k, v, w, a, b)), state)
+        return y[:, None].astype(r.dtype), state
+    if chunk_size is None:
+        return wkv7_scan(r, k, v, w, a, b, state)
+    return wkv7_chunked(r, k, v, w, a, b, state, chunk_size)
