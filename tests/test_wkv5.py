@@ -167,3 +167,13 @@ def test_chunked_per_token_decays_stay_exact_over_4096_tokens_of_strong_decays_a
         y, s = jax.jit(lambda *a: wkv5.wkv5_chunked(*a, chunk_size=chunk_size, sub_chunk=sub_chunk))(*inputs)
         assert np.isfinite(np.asarray(y)).all()
         assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+
+
+def test_chunked_per_token_decays_that_underflow_to_zero():
+    """RWKV-6's exp(-exp(d)) is exactly 0 for d > 4.5: the chunked form empties those channels as
+    the definition does, with no NaN from log 0."""
+    r, k, v, w, u, s0 = per_token_inputs(8, t=21)
+    w = w.at[:, 3].set(0.0).at[:, 10, :, ::2].set(0.0)
+    y_ref, s_ref = numpy_wkv_per_channel(r, k, v, w, u, s0)
+    y, s = wkv5.wkv5_chunked(r, k, v, w, u, s0, chunk_size=8)
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5

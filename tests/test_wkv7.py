@@ -108,3 +108,13 @@ def test_dispatcher_picks_the_step_the_scan_or_the_chunked_form():
     y1, s1 = wkv7(*(x[:, :1] for x in inputs[:-1]), inputs[-1], chunk_size=8)
     y1_ref, s1_ref = numpy_wkv7(*(x[:, :1] for x in inputs[:-1]), inputs[-1])
     assert y1.shape == y1_ref.shape and rel_err(y1, y1_ref) <= 1e-5 and rel_err(s1, s1_ref) <= 1e-5
+
+
+def test_chunked_takes_decays_that_underflow_to_zero():
+    """A decay of exactly 0 (RWKV-6's exp(-exp(d)) underflows for d > 4.5) empties the state, as in
+    the scan: no NaN from log 0."""
+    r, k, v, w, a, b, s0 = rwkv7_inputs(7, t=21)
+    w = w.at[:, 3].set(0.0).at[:, 10, :, ::2].set(0.0)
+    y_ref, s_ref = numpy_wkv7(r, k, v, w, a, b, s0)
+    y, s = wkv7_chunked(r, k, v, w, a, b, s0, chunk_size=8)
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5

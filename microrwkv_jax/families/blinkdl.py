@@ -31,6 +31,7 @@ from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, te
 LAYER = re.compile(r"blocks\.(\d+)\.")
 BLOCK_SIZE = 4096    # no positional limit; the context the World models were trained with
 LN_X_EPS = 64e-5     # ln_x's GroupNorm eps in the package: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
+CHUNK_SIZE = 16     # tokens per chunk of RWKV-5/6/7's chunked WKV (ops.chunked), by measurement (`bench.py wkv`)
 TOKENIZER = "world"  # RWKV-5/6/7's: the RWKV World tokenizer
 # Logical axes of the parameters every generation from RWKV-5 on has, for sharding (microrwkv_jax.sharding).
 SHELL_AXES = {
@@ -51,7 +52,7 @@ def world_presets(sizes: dict) -> dict:
     """{preset: ModelConfig fields} of BlinkDL World models of these {name: (layers, width)}: heads
     of 64 channels, the World tokenizer's 65,536 tokens, trained at 4,096 tokens."""
     return {name: dict(n_layer=layers, n_embd=width, n_head=width // 64, n_kv_head=1, vocab_size=65536,
-                       block_size=BLOCK_SIZE) for name, (layers, width) in sizes.items()}
+                       block_size=BLOCK_SIZE, chunk_size=CHUNK_SIZE) for name, (layers, width) in sizes.items()}
 
 
 def world_family(arch: str, model_class: type, forward_flops_per_token, presets: dict, param_axes: dict,
@@ -133,7 +134,7 @@ def vector_row(blink: str, ours: str, c: int):
 def make_config(arch: str, check, **fields) -> ModelConfig:
     """The checked ModelConfig of a checkpoint of family `arch`, or a one-line ConversionError."""
     try:
-        config = ModelConfig(arch=arch, block_size=BLOCK_SIZE, n_kv_head=1, **fields)
+        config = ModelConfig(arch=arch, block_size=BLOCK_SIZE, n_kv_head=1, chunk_size=CHUNK_SIZE, **fields)
         check(config)
     except (TypeError, ValueError) as err:
         raise ConversionError(f"cannot build an {arch}: {err}") from None

@@ -31,6 +31,16 @@ F32 = jnp.float32
 # Tokens per sub-chunk, by measurement (`bench.py wkv`, CPU, B=16 T=1024 H=12 N=64): 4 within 10% of
 # the best for RWKV-6 and the best for RWKV-7 at chunks of 8-32; larger sub-chunks cost more element-wise work.
 SUB_CHUNK = 4
+# The smallest log decay the chunked forms use. A decay that underflows to 0 (RWKV-6's
+# exp(-exp(d)) for d > 4.5) has log -inf, and -inf - -inf is NaN; e^-30 = 9e-14 changes no weight
+# by more than that, and keeps the differences of log decays inside a sub-chunk (at most
+# 3 x 30) within 8e-6 of exact.
+MIN_LOG_DECAY = -30.0
+
+
+def log_decays(w):
+    """log w in float32, floored at MIN_LOG_DECAY."""
+    return jnp.maximum(jnp.log(w.astype(F32)), MIN_LOG_DECAY)
 
 
 def to_chunks(x, q):

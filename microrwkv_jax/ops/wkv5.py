@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from microrwkv_jax.ops.chunked import SUB_CHUNK, ChunkDecays, in_chunks
+from microrwkv_jax.ops.chunked import SUB_CHUNK, ChunkDecays, in_chunks, log_decays
 
 F32 = jnp.float32
 
@@ -127,7 +127,7 @@ def wkv5_chunked(r, k, v, w, u, initial_state, chunk_size: int = 64, sub_chunk: 
     if w.ndim == 4:
         u = jnp.broadcast_to(u.astype(F32).reshape(h, -1), (h, n))[:, None, :]    # [H, 1, N]
         chunk = lambda r, k, v, log_w, state: _wkv_chunk_per_token(r, k, v, log_w, u, state, sub_chunk)
-        inputs = [a.astype(F32) for a in (r, k, v)] + [jnp.log(w.astype(F32))]
+        inputs = [a.astype(F32) for a in (r, k, v)] + [log_decays(w)]
         y, state = in_chunks(chunk, inputs, initial_state, chunk_size)
         return y.astype(dtype), state
     return _wkv5_chunked_per_head(r, k, v, w, u, initial_state, chunk_size)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from microrwkv_jax.ops.chunked import SUB_CHUNK, ChunkDecays, in_chunks
+from microrwkv_jax.ops.chunked import SUB_CHUNK, ChunkDecays, in_chunks, log_decays
 
 F32 = jnp.float32
 
@@ -89,7 +89,7 @@ def wkv7_chunked(r, k, v, w, a, b, initial_state, chunk_size: int = 64, sub_chun
     """The training form: every chunk of `chunk_size` tokens in parallel (a triangular solve and
     matrix products), the state carried between chunks. T need not be a multiple of the chunk
     size: the remainder is one shorter chunk."""
-    inputs = [x.astype(F32) for x in (r, k, v)] + [jnp.log(w.astype(F32))] + [x.astype(F32) for x in (a, b)]
+    inputs = [x.astype(F32) for x in (r, k, v)] + [log_decays(w)] + [x.astype(F32) for x in (a, b)]
     chunk = lambda r, k, v, log_w, a, b, state: _wkv7_chunk(r, k, v, log_w, a, b, state, sub_chunk)
     y, state = in_chunks(chunk, inputs, initial_state, chunk_size)
     return y.astype(r.dtype), state

@@ -38,7 +38,7 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 class TimeMix(nnx.Module):
     def __init__(self, config: ModelConfig, layer_id: int, *, rngs: nnx.Rngs):
         c, h, n, dtype = config.n_embd, config.n_head, config.head_size, jnp.dtype(config.dtype)
-        self.n_head, self.head_size = h, n
+        self.n_head, self.head_size, self.chunk_size = h, n, config.chunk_size
         r0, r1 = layer_id / max(config.n_layer - 1, 1), 1.0 - layer_id / config.n_layer
         ramp = np.arange(c) / c
         param = lambda a: nnx.Param(jnp.asarray(a, jnp.float32))
@@ -66,7 +66,7 @@ class TimeMix(nnx.Module):
         g = nnx.silu(self.gate(lerp(x, xx, self.time_mix_g[...])))
         w = jnp.exp(-jnp.exp(self.time_decay[...].astype(jnp.float32)))            # [H, N]
         out, new_state = gated_heads_output(x, r, k, v, w, self.time_faaaa[...], g, state["wkv"], self.ln_x,
-                                            self.output)
+                                            self.output, self.chunk_size)
         return out, new_state, shared
 
 

@@ -29,7 +29,7 @@ from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
 from microrwkv_jax.layers.rwkv import token_shift
-from microrwkv_jax.ops.wkv7 import wkv7_scan, wkv7_step
+from microrwkv_jax.ops.wkv7 import wkv7
 
 DECAY_SCALE = math.exp(-0.5)      # w = exp(-e^-0.5 * sigmoid(.)): each token keeps at least e^(-e^-0.5) = 0.545
 MIXES = ("r", "w", "k", "v", "a", "g")
@@ -63,7 +63,7 @@ class TimeMix(nnx.Module):
     def __init__(self, config: ModelConfig, layer_id: int, *, rngs: nnx.Rngs):
         c, h, n, dtype = config.n_embd, config.n_head, config.head_size, jnp.dtype(config.dtype)
         d_w, d_a, d_v, d_g = lora_dims(config)
-        self.layer_id, self.n_head, self.head_size = layer_id, h, n
+        self.layer_id, self.n_head, self.head_size, self.chunk_size = layer_id, h, n, config.chunk_size
         r0, r1 = layer_id / max(config.n_layer - 1, 1), 1.0 - layer_id / config.n_layer
         ramp = np.arange(c) / c
         param = lambda a: nnx.Param(jnp.asarray(a, jnp.float32))
@@ -109,11 +109,7 @@ class TimeMix(nnx.Module):
             v = v + (v_first - v) * jax.nn.sigmoid(p(self.v0) + (xv @ p(self.v1)) @ p(self.v2))
         w = jnp.exp(-DECAY_SCALE * jax.nn.sigmoid(self.w0[...].astype(jnp.float32) + w_lora))
         args = (heads(r), heads(k), heads(v), heads(w), -kk, kk * heads(a).astype(jnp.float32))
-        if t == 1:
-            y, wkv_state = wkv7_step(*(z[:, 0] for z in args), state["wkv"])
-            y = y[:, None]
-        else:
-            y, wkv_state = wkv7_scan(*args, state["wkv"])
+        y, wkv_state = wkv7(*args, state["wkv"], chunk_size=self.chunk_size)     # step / chunked
         y = self.ln_x(y.reshape(b, t, c).astype(x.dtype))
         bonus = jnp.sum(heads(r * k) * p(self.r_k), axis=-1, keepdims=True) * heads(v)  # [B, T, H, N]
         y = y + bonus.reshape(b, t, c)
