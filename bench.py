@@ -5,7 +5,7 @@
     python bench.py train --config configs/tiny.py --compile_only --topology v5e:2x2 --config.mesh.fsdp=4
     python bench.py generate [--size table|small] [--contexts 16,64,...] [--families gpt2,rwkv4] [--out bench_out]
     python bench.py eval [--size table|small] [--families gpt2,rwkv4] [--eval_shape 1,1024]
-    python bench.py wkv [--shape 16,1024,8,64] [--chunks 16,32,64,128]
+    python bench.py wkv [--shape 16,1024,8,64] [--chunks 16,32,64,128] [--decays per_head|per_token|rwkv7]
     python bench.py attention [--attention_shape 16,384,4,1,32] [--windows 64,global]
     python bench.py vs-torch [--size small|table]
     python bench.py load [--load_preset rwkv4-1b5 | --checkpoint PATH]

@@ -38,8 +38,10 @@ flags.DEFINE_string("param_dtype", "float32", "generate: the weights' dtype (bfl
                     "float32 compute and WKV state)")
 flags.DEFINE_string("shape", "16,1024,8,64", "wkv: B,T,H,N")
 flags.DEFINE_string("chunks", "16,32,64,128", "wkv: chunk sizes")
-flags.DEFINE_enum("decays", "per_head", ["per_head", "per_token"], "wkv: x051a's decay per head, or RWKV-6's per "
-                  "token and key channel")
+flags.DEFINE_enum("decays", "per_head", ["per_head", "per_token", "rwkv7"], "wkv: x051a's decay per head, RWKV-6's per "
+                  "token and key channel, or RWKV-7's generalised delta rule")
+flags.DEFINE_integer("x051a_chunk", 32, "wkv: with --decays per_token or rwkv7, also time x051a's chunked form at this "
+                     "chunk size and the same shape (0: not)")
 flags.DEFINE_string("attention_shape", "16,384,4,1,32", "attention: B,T,Hq,Hkv,N (the tiny config's GQA)")
 flags.DEFINE_string("windows", "64,global", "attention: windows to measure ('global' for none)")
 flags.DEFINE_string("dtype", "auto", "compute dtype: auto (bf16 on GPU, f32 on CPU), float32, bfloat16")

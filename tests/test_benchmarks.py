@@ -27,7 +27,14 @@ def test_wkv_and_train_subcommands():
     rows = bench("wkv", "--shape", "1,16,1,4", "--chunks", "8", "--repeats", "1", "--warmup", "0", "--decays",
                  "per_token")
     assert {(r["decays"], r["form"], r["mode"]) for r in rows} >= {("per_token", "chunked_q8", "forward+backward"),
-                                                                 ("per_token", "scan", "forward+backward")}
+                                                                 ("per_token", "scan", "forward+backward"),
+                                                                 ("per_head", "x051a_chunked_q32", "forward+backward")}
+    rows = bench("wkv", "--shape", "1,16,1,4", "--chunks", "8", "--repeats", "1", "--warmup", "0", "--decays",
+                 "rwkv7", "--x051a_chunk", "8")
+    assert [(r["decays"], r["form"], r["mode"]) for r in rows] == [
+        ("rwkv7", "chunked_q8", "forward"), ("rwkv7", "chunked_q8", "forward+backward"), ("rwkv7", "scan", "forward"),
+        ("rwkv7", "scan", "forward+backward"), ("per_head", "x051a_chunked_q8", "forward"),
+        ("per_head", "x051a_chunked_q8", "forward+backward"), ("rwkv7", "step", "forward (one token)")]
     rows = bench("attention", "--attention_shape", "1,32,2,1,8", "--windows", "8,global", "--repeats", "1",
                  "--warmup", "0")
     assert [(r["impl"], r["window"]) for r in rows] == [("xla_masked", 8), ("causal_attention", 8),
