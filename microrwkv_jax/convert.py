@@ -122,3 +122,4 @@ def convert_to_model_dir(path, out=None, force: bool = False, keep_optimizer: bo
         f"  tokenizer: {tokenizer or 'not recorded (pass --tokenizer when sampling)'}",
     ]
     return written, summary
+

@@ -13,10 +13,11 @@ LINEAR_MAP = {"linear_map": True}
 
 
 def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, bias: bool = False,
-           dtype=jnp.float32, std: float = STD) -> nnx.Linear:
-    """A float32-parameter Linear computing in `dtype`; kernel [in, out] ~ Normal(0, std)."""
+           dtype=jnp.float32, std: float = STD, init=None) -> nnx.Linear:
+    """A float32-parameter Linear computing in `dtype`; kernel [in, out] ~ Normal(0, std), or
+    `init` (a flax initializer) where given."""
     return nnx.Linear(in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-                      kernel_init=nnx.initializers.normal(std), kernel_metadata=LINEAR_MAP, rngs=rngs)
+                      kernel_init=init or nnx.initializers.normal(std), kernel_metadata=LINEAR_MAP, rngs=rngs)
 
 
 def linear_map_param(rngs: nnx.Rngs, std: float, shape) -> nnx.Param:

@@ -56,7 +56,8 @@ def final_params(out_dir):
 
 # --- every config, smoke --------------------------------------------------------------------
 
-@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/rwkv.py", "configs/gpt.py", "configs/microrwkv_ref.py"])
+@pytest.mark.parametrize("config", ["configs/tiny.py", "configs/rwkv.py", "configs/gpt.py", "configs/microrwkv_ref.py",
+                                    "configs/rwkv7.py"])
 def test_every_story_config_trains_and_checkpoints(tmp_path, config):
     out = tmp_path / "run"
     done = train_cli(out, "--config.valid_story_samples=8", config=config)

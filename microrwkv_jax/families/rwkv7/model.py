@@ -26,7 +26,7 @@ from flax import nnx
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.blinkdl import LN_X_EPS, Block, RecurrentLM, check_heads_config, heads_state
 from microrwkv_jax.flops import head_flops
-from microrwkv_jax.layers.linears import STD, linear
+from microrwkv_jax.layers.linears import linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
 from microrwkv_jax.layers.rwkv import token_shift
 from microrwkv_jax.ops.wkv7 import wkv7
@@ -41,13 +41,28 @@ def ffn_dim(config: ModelConfig) -> int:
 
 
 def lora_dims(config: ModelConfig) -> tuple:
-    """(decay, in-context learning rate, value residual, gate) ranks: the config's, or BlinkDL's
-    rule for the width C (multiples of 32 of 1.8 sqrt(C), 1.8 sqrt(C), 1.3 sqrt(C), 0.6 C^0.8)."""
+    """(decay, in-context learning rate, value residual, gate) ranks: the config's, or the rule of
+    RWKV-LM's RWKV-v7/train_temp for the width C (multiples of 32, at least 32, of 2.5 sqrt(C),
+    2.5 sqrt(C), 1.7 sqrt(C), 5 sqrt(C); at C = 768 the 0.1B World model's 64, 64, 32, 128)."""
     if config.lora_dims:
         return config.lora_dims
     rank = lambda x: max(32, int(round(x / 32)) * 32)
-    c = config.n_embd
-    return rank(1.8 * c ** 0.5), rank(1.8 * c ** 0.5), rank(1.3 * c ** 0.5), rank(0.6 * c ** 0.8)
+    root = config.n_embd ** 0.5
+    return rank(2.5 * root), rank(2.5 * root), rank(1.7 * root), rank(5 * root)
+
+
+def channel_profiles(c: int, n: int):
+    """BlinkDL's per-channel init profiles over C channels in heads of N: `linear` from -0.5 to
+    0.5, `zigzag` a signed square within each head (-1 .. 1), and the ramp i / C."""
+    i = np.arange(c)
+    linear = i / (c - 1) - 0.5
+    zigzag = ((i % n) - (n - 1) / 2) / ((n - 1) / 2)
+    return linear, zigzag * np.abs(zigzag), i / c
+
+
+def orthogonal(gain: float):
+    """An orthogonal initializer (torch's nn.init.orthogonal_, gain `gain`)."""
+    return nnx.initializers.orthogonal(scale=gain) if gain else nnx.initializers.zeros
 
 
 def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
@@ -60,30 +75,35 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 
 
 class TimeMix(nnx.Module):
+    """Initialised as RWKV-LM's RWKV-v7/train_temp initialises a model to train from scratch."""
+
     def __init__(self, config: ModelConfig, layer_id: int, *, rngs: nnx.Rngs):
         c, h, n, dtype = config.n_embd, config.n_head, config.head_size, jnp.dtype(config.dtype)
         d_w, d_a, d_v, d_g = lora_dims(config)
         self.layer_id, self.n_head, self.head_size, self.chunk_size = layer_id, h, n, config.chunk_size
         r0, r1 = layer_id / max(config.n_layer - 1, 1), 1.0 - layer_id / config.n_layer
-        ramp = np.arange(c) / c
+        linear_c, zigzag, ramp = channel_profiles(c, n)
         param = lambda a: nnx.Param(jnp.asarray(a, jnp.float32))
-        small = lambda *shape: nnx.Param(0.1 * nnx.initializers.orthogonal()(rngs.params(), shape, jnp.float32))
+        # A LoRA's down-projection starts at 0, its up-projection orthogonal at gain 0.1 (times
+        # sqrt(rows / columns) where taller than wide): the LoRA starts as a no-op that can learn.
+        up = lambda rank: nnx.Param(orthogonal(0.1 * (np.sqrt(rank / c) if rank > c else 1.0))(
+            rngs.params(), (rank, c), jnp.float32))
         self.x_r, self.x_w = param(1 - ramp ** (0.2 * r1)), param(1 - ramp ** (0.9 * r1))
-        self.x_k, self.x_v = param(1 - ramp ** (0.9 * r1)), param(1 - ramp ** (0.4 * r1))
+        self.x_k, self.x_v = param(1 - ramp ** (0.7 * r1)), param(1 - ramp ** (0.7 * r1))
         self.x_a, self.x_g = param(1 - ramp ** (0.9 * r1)), param(1 - ramp ** (0.2 * r1))
-        channel = np.arange(c) / max(c - 1, 1)
-        self.w0 = param(-7 + 5 * channel ** (0.85 + 1.0 * r0 ** 0.5) + 0.5)
-        self.w1, self.w2 = param(np.zeros((c, d_w))), small(d_w, c)
-        self.a0, self.a1, self.a2 = param(np.zeros(c)), param(np.zeros((c, d_a))), small(d_a, c)
+        decay_ramp = -6 + 6 * (np.arange(c) / (c - 1)) ** (1 + r0 ** 0.3)
+        self.w0 = param(decay_ramp + 0.5 + 2.5 * zigzag)
+        self.w1, self.w2 = param(np.zeros((c, d_w))), up(d_w)
+        self.a0, self.a1, self.a2 = param(-0.19 + 0.3 * zigzag + 0.4 * linear_c), param(np.zeros((c, d_a))), up(d_a)
         if layer_id > 0:       # layer 0's value is the one the others mix in
-            self.v0, self.v1, self.v2 = param(np.ones(c)), param(np.zeros((c, d_v))), small(d_v, c)
-        self.g1, self.g2 = param(np.zeros((c, d_g))), small(d_g, c)
-        self.k_k, self.k_a = param(np.full(c, 0.85)), param(np.ones(c))
+            self.v0, self.v1, self.v2 = param(0.73 - 0.4 * linear_c), param(np.zeros((c, d_v))), up(d_v)
+        self.g1, self.g2 = param(np.zeros((c, d_g))), up(d_g)
+        self.k_k, self.k_a = param(0.71 - 0.1 * linear_c), param(np.full(c, 1.02))
         self.r_k = param(np.full((h, n), -0.04))
-        make = lambda std=STD: linear(c, c, rngs=rngs, dtype=dtype, std=std)
-        self.receptance, self.key, self.value = make(), make(), make()
-        self.output = make(STD / np.sqrt(2 * config.n_layer))
+        make = lambda gain: linear(c, c, rngs=rngs, dtype=dtype, init=orthogonal(gain))
+        self.receptance, self.key, self.value, self.output = make(1.0), make(0.1), make(1.0), make(0.0)
         self.ln_x = HeadGroupNorm(c, h, eps=LN_X_EPS)
+        self.ln_x.weight[...] = jnp.full((c,), ((1 + layer_id) / config.n_layer) ** 0.7, jnp.float32)
 
     def init_state(self, batch: int) -> dict:
         return heads_state(batch, self.n_head, self.head_size)
@@ -123,8 +143,8 @@ class ChannelMix(nnx.Module):
         c, dtype = config.n_embd, jnp.dtype(config.dtype)
         r1 = 1.0 - layer_id / config.n_layer
         self.x_k = nnx.Param(jnp.asarray(1 - (np.arange(c) / c) ** (r1 ** 4), jnp.float32))
-        self.key = linear(c, ffn_dim(config), rngs=rngs, dtype=dtype)
-        self.value = linear(ffn_dim(config), c, rngs=rngs, dtype=dtype, std=STD / np.sqrt(2 * config.n_layer))
+        self.key = linear(c, ffn_dim(config), rngs=rngs, dtype=dtype, init=orthogonal(1.0))
+        self.value = linear(ffn_dim(config), c, rngs=rngs, dtype=dtype, init=orthogonal(0.0))
 
     def __call__(self, x, *, state):
         """x [B, T, C]; state {"shift": [B, C]} -> (out [B, T, C], new state)."""
@@ -134,10 +154,20 @@ class ChannelMix(nnx.Module):
 
 
 class RWKV7(RecurrentLM):
-    """`model(tokens [B, T])` -> float32 logits [B, T, vocab_size]."""
+    """`model(tokens [B, T])` -> float32 logits [B, T, vocab_size]. A new model starts from RWKV-LM's
+    RWKV-v7/train_temp initialisation: the embedding uniform in +-1e-4, the head orthogonal at gain
+    0.5 sqrt(V / C) (V > C), every block's matrices orthogonal (key 0.1, output and value of the
+    channel mix 0), ln_x's scale ((1 + layer) / L)^0.7, the per-channel vectors as in `TimeMix`."""
 
     arch = "rwkv7"
     check_config = staticmethod(check_config)
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(config, rngs=rngs)
+        v, c = config.padded_vocab_size, config.n_embd
+        self.emb.embedding[...] = jax.random.uniform(rngs.params(), (v, c), jnp.float32, -1e-4, 1e-4)
+        gain = 0.5 * np.sqrt(v / c) if v > c else 0.5
+        self.head[...] = orthogonal(gain)(rngs.params(), (v, c), jnp.float32)
 
     @staticmethod
     def make_block(config: ModelConfig, layer_id: int, rngs: nnx.Rngs) -> Block:
