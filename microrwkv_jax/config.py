@@ -40,6 +40,8 @@ class ModelConfig:
       ffn_dim: hidden width of the RWKV-5/6/7 channel mix; None: the family's rule for the width.
       lora_dims: ranks of the RWKV-6/7 low-rank projections (RWKV-6: token-shift mix, decay;
         RWKV-7: decay, in-context learning rate, value residual, gate); (): the family's rule.
+      time_state: RWKV-5/6/7 only: a trainable initial WKV state per layer and head (state tuning;
+        BlinkDL's `time_state` tensors), the state every sequence starts from instead of zeros.
       layers: the sub-layers of each causal block, in order (default: the hybrid block).
       bias: biases on the RWKV linear layers and the final LayerNorm.
       chunk_size: tokens per chunk Q of the chunked WKV operator.
@@ -62,6 +64,7 @@ class ModelConfig:
     mlp_ratio: int = 4
     ffn_dim: Optional[int] = None
     lora_dims: tuple = ()
+    time_state: bool = False
     layers: tuple = HYBRID_LAYERS
     bias: bool = False
     chunk_size: int = 64
@@ -99,6 +102,8 @@ class ModelConfig:
             self.fail("ffn_dim", "must be None (the family's rule) or a positive integer")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.lora_dims):
             self.fail("lora_dims", "must be positive integers")
+        if not isinstance(self.time_state, bool):
+            self.fail("time_state", "must be True or False")
         if self.n_embd % self.n_head:
             self.fail("n_embd", f"must be divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:

@@ -1,7 +1,8 @@
 """Our models -> BlinkDL's `.pth` layout (the reverse of `convert`): a model trained or fine-tuned
 here, written as the state dict BlinkDL's `rwkv` package and RWKV-LM load. Each family's name
 table (`parameter_map`: BlinkDL name, stored shape, our name, transform) is read backwards: a
-transposed matrix is transposed back, a [C] vector becomes [1, 1, C], the vocabulary's padding
+transposed matrix is transposed back, a [C] vector becomes [1, 1, C], a time_state's key and
+value axes are swapped back, the vocabulary's padding
 rows are dropped. `convert_torch_ckpt.py --to pth` is its command line.
 """
 
@@ -12,6 +13,7 @@ import pathlib
 import numpy as np
 
 from microrwkv_jax.families import get_family
+from microrwkv_jax.families.blinkdl import swap_key_value
 from microrwkv_jax.loading import read_params
 from microrwkv_jax.torch_checkpoint import ConversionError
 from microrwkv_jax.torch_pth_writer import write_pth
@@ -42,7 +44,8 @@ def export_to_pth(path, out=None, force: bool = False):
         array = np.asarray(flat[ours].read() if hasattr(flat[ours], "read") else flat[ours], np.float32)
         if ours in ("emb/embedding", "head"):
             array = array[: config.vocab_size]
-        array = array.T if transform is np.transpose else array.reshape(stored_shape)
+        array = (array.T if transform is np.transpose else swap_key_value(array) if transform is swap_key_value
+                 else array.reshape(stored_shape))
         if array.shape != tuple(stored_shape):
             raise ConversionError(f"{ours}: shape {array.shape}, the layout wants {tuple(stored_shape)} for {blink}")
         tensors[blink] = array

@@ -177,3 +177,10 @@ def test_chunked_per_token_decays_that_underflow_to_zero():
     y_ref, s_ref = numpy_wkv_per_channel(r, k, v, w, u, s0)
     y, s = wkv5.wkv5_chunked(r, k, v, w, u, s0, chunk_size=8)
     assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    loss = lambda fn: (lambda *a: jnp.sum(fn(*a)[0] ** 2))
+    g_chunk = jax.grad(loss(lambda *a: wkv5.wkv5_chunked(*a, chunk_size=8)), argnums=range(6))(r, k, v, w, u, s0)
+    g_scan = jax.grad(loss(wkv5.wkv5_scan), argnums=range(6))(r, k, v, w, u, s0)
+    for name, a, b in zip("rkvwus", g_chunk, g_scan):          # finite: no NaN from log's gradient at 0
+        assert np.isfinite(np.asarray(a)).all(), name
+        if name != "w":     # (the decays floored at e^-30 get no gradient; the scan's is finite there)
+            assert rel_err(a, b) <= 1e-5, name

@@ -45,6 +45,7 @@ SHELL_AXES = {
     "blocks/*/ffn/value/kernel": ("mlp", "embed"),
     "blocks/*/ffn/receptance/kernel": ("embed", "embed"),
     "blocks/*/ffn/*": ("embed",),                               # token-shift mixes
+    "blocks/*/att/time_state": ("heads", None, None),           # [H, N, N], state tuning
 }
 
 
@@ -149,9 +150,9 @@ def shell_rows(config: ModelConfig) -> list:
 
 
 def block_rows(config: ModelConfig, i: int) -> list:
-    """A block's ln1 and ln2 rows."""
+    """A block's ln1 and ln2 rows, and its time_state row if state-tuned."""
     return layer_norm_rows(f"blocks.{i}.ln1", f"blocks/{i}/ln1", config.n_embd) + layer_norm_rows(
-        f"blocks.{i}.ln2", f"blocks/{i}/ln2", config.n_embd)
+        f"blocks.{i}.ln2", f"blocks/{i}/ln2", config.n_embd) + time_state_rows(config, i)
 
 
 def time_mix_rows(config: ModelConfig, i: int, matrices: tuple) -> list:
@@ -200,10 +201,36 @@ class Block(nnx.Module):
         return x + h, {"att": att_state, "ffn": ffn_state}, shared
 
 
-def heads_state(batch: int, n_head: int, head_size: int) -> dict:
-    """The time mix state of RWKV-5/6/7: the token shift and the heads' float32 WKV states."""
-    return {"shift": jnp.zeros((batch, n_head * head_size), jnp.float32),
-            "wkv": jnp.zeros((batch, n_head, head_size, head_size), jnp.float32)}
+def heads_state(batch: int, n_head: int, head_size: int, time_state=None) -> dict:
+    """The time mix state of RWKV-5/6/7: the token shift and the heads' float32 WKV states, zeros
+    or, state-tuned, the layer's trainable `time_state` [H, N, N] for every row."""
+    wkv = (jnp.zeros((batch, n_head, head_size, head_size), jnp.float32) if time_state is None
+           else jnp.broadcast_to(time_state[...].astype(jnp.float32), (batch, n_head, head_size, head_size)))
+    return {"shift": jnp.zeros((batch, n_head * head_size), jnp.float32), "wkv": wkv}
+
+
+def time_state_param(config: ModelConfig) -> Optional[nnx.Param]:
+    """The trainable initial WKV state [H, N_key, N_value] of a state-tuned model (zeros: the
+    untuned model's start), or None."""
+    if not config.time_state:
+        return None
+    return nnx.Param(jnp.zeros((config.n_head, config.head_size, config.head_size), jnp.float32))
+
+
+def swap_key_value(a):
+    """BlinkDL's time_state [H, N_value, N_key] <-> ours [H, N_key, N_value] (its own inverse)."""
+    return np.swapaxes(a, -1, -2)
+
+
+def time_state_rows(config: ModelConfig, i: int) -> list:
+    """A state-tuned block's time_state row (none for other models)."""
+    h, n = config.n_head, config.head_size
+    return [(f"blocks.{i}.att.time_state", (h, n, n), f"blocks/{i}/att/time_state", swap_key_value)] \
+        if config.time_state else []
+
+
+def has_time_state(ckpt: dict) -> bool:
+    return any(name.endswith(".att.time_state") for name in ckpt)
 
 
 class RecurrentLM(nnx.Module):

@@ -40,8 +40,9 @@ MIN_LOG_DECAY = -30.0
 
 
 def log_decays(w):
-    """log w in float32, floored at MIN_LOG_DECAY."""
-    return jnp.maximum(jnp.log(w.astype(F32)), MIN_LOG_DECAY)
+    """log w in float32, floored at MIN_LOG_DECAY (the floor taken before the log: log's gradient
+    at w = 0 is infinite, and infinity times the floor's zero gradient is NaN)."""
+    return jnp.log(jnp.maximum(w.astype(F32), float(np.exp(MIN_LOG_DECAY))))
 
 
 def to_chunks(x, q):

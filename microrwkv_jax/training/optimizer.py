@@ -29,13 +29,25 @@ def learning_rate_at(cfg, step: int, elapsed_seconds: Optional[float] = None) ->
     return cfg.min_learning_rate + (cfg.learning_rate - cfg.min_learning_rate) * cosine
 
 
+def trains(cfg, name: str) -> bool:
+    """Whether parameter `name` trains under `cfg.tune`: every one ("all"), or only the RWKV-5/6/7
+    initial WKV states ("state": state tuning, everything else frozen)."""
+    return (cfg.get("tune") or "all") == "all" or name.endswith("/att/time_state")
+
+
 def make_optimizer(cfg, linear_maps: Collection[str]) -> optax.GradientTransformation:
     """The optimizer of flat {name: array} parameters, at unit learning rate (the train step
     scales its update by `learning_rate_at`'s value). Weight decay applies to the parameters named
     in `linear_maps` (`ParamCodec.linear_maps`: the matrices of linear maps, as the layers mark
-    them) and to nothing else: not to biases, norms, embeddings or RWKV's time_* vectors."""
-    return optax.chain(
+    them) and to nothing else: not to biases, norms, embeddings or RWKV's time_* vectors. With
+    `tune` other than "all", the frozen parameters' updates are zeros and they get no optimizer
+    state (`optax.multi_transform`); clipping sees the trained parameters' gradients only."""
+    adamw = optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
         optax.adamw(lambda count: 1.0, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
                     mask=lambda params: {name: name in linear_maps for name in params}),
     )
+    if (cfg.get("tune") or "all") == "all":
+        return adamw
+    return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()},
+                                 lambda params: {name: "train" if trains(cfg, name) else "freeze" for name in params})

@@ -102,6 +102,10 @@ class Run:
                 dtype=resolve_dtype(cfg.model.get("dtype") or "auto", jax.default_backend()))
         else:
             self.model_config = model_config_from(cfg.model, self.tokenizer.vocab_size, jax.default_backend())
+        if (cfg.get("tune") or "all") == "state":
+            if self.model_config.arch not in ("rwkv5", "rwkv6", "rwkv7"):
+                raise TrainingError(f"tune='state': state tuning is for RWKV-5/6/7; this model is {self.model_config.arch!r}")
+            self.model_config = self.model_config.replace(time_state=True)
         if self.model_config.vocab_size < self.tokenizer.vocab_size:
             raise TrainingError(f"model vocab_size={self.model_config.vocab_size} does not fit the "
                                 f"{cfg.tokenizer!r} tokenizer's {self.tokenizer.vocab_size} tokens")
@@ -128,6 +132,9 @@ class Run:
         # checkpoint the model is never initialised: its parameters are the checkpoint's, read one
         # at a time and put straight into their shards, so no device ever holds all of them.
         self.codec = ParamCodec(abstract_model(self.model_config))
+        if init_params is not None:     # state tuning a model that has no time_state yet: its untuned start, zeros
+            init_params = {**{name: np.zeros(shape, np.float32) for name, shape in self.codec.shapes.items()
+                              if name.endswith("/att/time_state")}, **init_params}
         self.steps = ShardedSteps(self.codec, cfg, get_family(self.model_config.arch).param_axes, self.mesh)
         if init_params is None:
             # (initialised in host memory where JAX has its CPU backend: a model too large for one

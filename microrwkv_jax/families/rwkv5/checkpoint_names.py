@@ -55,7 +55,8 @@ def read_checkpoint(ckpt: dict):
     hidden = blinkdl.shape_of(ckpt, "blocks.0.ffn.key.weight", NAME)[0]
     h = decay_shape[0]
     config = blinkdl.make_config("rwkv5", check_config, vocab_size=vocab, n_embd=c, n_head=h,
-                                 n_layer=blinkdl.layer_count(ckpt), ffn_dim=hidden)
+                                 n_layer=blinkdl.layer_count(ckpt), ffn_dim=hidden,
+                                 time_state=blinkdl.has_time_state(ckpt))
     per_head = version == "5.1"
     table = parameter_map(config, decay_shape if per_head else None, bonus, bonus_shape if per_head else None)
     return config, blinkdl.read_with_table(ckpt, config, table, NAME)

@@ -46,5 +46,6 @@ def read_checkpoint(ckpt: dict):
     decay = blinkdl.shape_of(ckpt, "blocks.0.att.time_decay_w1", NAME)[1]
     hidden = blinkdl.shape_of(ckpt, "blocks.0.ffn.key.weight", NAME)[0]
     config = blinkdl.make_config("rwkv6", check_config, vocab_size=vocab, n_embd=c, n_head=h,
-                                 n_layer=blinkdl.layer_count(ckpt), ffn_dim=hidden, lora_dims=(mix, decay))
+                                 n_layer=blinkdl.layer_count(ckpt), ffn_dim=hidden, lora_dims=(mix, decay),
+                                 time_state=blinkdl.has_time_state(ckpt))
     return config, blinkdl.read_with_table(ckpt, config, parameter_map(config), NAME)

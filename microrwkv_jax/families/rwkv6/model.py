@@ -19,7 +19,7 @@ from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_heads_config, ffn_dim_3_5,
-                                           heads_state)
+                                           heads_state, time_state_param)
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
@@ -66,9 +66,11 @@ class TimeMix(nnx.Module):
         self.receptance, self.key, self.value, self.gate = make(), make(), make(), make()
         self.output = make(STD / np.sqrt(2 * config.n_layer))
         self.ln_x = HeadGroupNorm(c, h, eps=LN_X_EPS)
+        if config.time_state:
+            self.time_state = time_state_param(config)     # state tuning: [H, N, N]
 
     def init_state(self, batch: int) -> dict:
-        return heads_state(batch, self.n_head, self.head_size)
+        return heads_state(batch, self.n_head, self.head_size, getattr(self, "time_state", None))
 
     def __call__(self, x, state, shared=None):
         """x [B, T, C]; state {"shift": [B, C], "wkv": [B, H, N, N]} -> (out [B, T, C], new state, shared)."""

@@ -56,7 +56,8 @@ def read_checkpoint(ckpt: dict):
     ranks.append(blinkdl.shape_of(ckpt, "blocks.0.att.g1", NAME)[1])
     hidden = blinkdl.shape_of(ckpt, "blocks.0.ffn.key.weight", NAME)[0]
     config = blinkdl.make_config("rwkv7", check_config, vocab_size=vocab, n_embd=c, n_head=h, n_layer=n_layer,
-                                 ffn_dim=hidden, lora_dims=tuple(ranks))
+                                 ffn_dim=hidden, lora_dims=tuple(ranks),
+                                 time_state=blinkdl.has_time_state(ckpt))
     if config.head_size != n:
         raise ConversionError(f"blocks.0.att.r_k {(h, n)}: H x N must equal the width {c}")
     return config, blinkdl.read_with_table(ckpt, config, parameter_map(config), NAME, ignored=LAYER0_UNUSED)

@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.blinkdl import LN_X_EPS, Block, RecurrentLM, check_heads_config, heads_state
+from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_heads_config, heads_state,
+                                           time_state_param)
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
@@ -103,10 +104,12 @@ class TimeMix(nnx.Module):
         make = lambda gain: linear(c, c, rngs=rngs, dtype=dtype, init=orthogonal(gain))
         self.receptance, self.key, self.value, self.output = make(1.0), make(0.1), make(1.0), make(0.0)
         self.ln_x = HeadGroupNorm(c, h, eps=LN_X_EPS)
+        if config.time_state:
+            self.time_state = time_state_param(config)     # state tuning: [H, N, N]
         self.ln_x.weight[...] = jnp.full((c,), ((1 + layer_id) / config.n_layer) ** 0.7, jnp.float32)
 
     def init_state(self, batch: int) -> dict:
-        return heads_state(batch, self.n_head, self.head_size)
+        return heads_state(batch, self.n_head, self.head_size, getattr(self, "time_state", None))
 
     def __call__(self, x, state, v_first=None):
         """x [B, T, C]; state {"shift": [B, C], "wkv": [B, H, N, N]}; v_first: layer 0's values
