@@ -13,7 +13,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0                        # parameters' initialisation and every training batch (batch s of seed)
     c.out_dir = "out"                 # the run directory: checkpoints/, metrics.jsonl
     c.init_from = "scratch"           # or a checkpoint: a model dir, a run dir or a published .pth
-    c.tune = "all"                    # what trains: all parameters, or "state" (RWKV-5/6/7: only an initial WKV state per layer, the rest frozen)
+    c.tune = "all"                    # what trains: all, "state" (RWKV-5/6/7: an initial WKV state per layer only) or "lora" (adapters only)
+    c.lora_rank = 8                   # tune="lora": the adapters' rank r (W + a @ b, a [in, r], b [r, out])
+    c.lora_targets = ("blocks/*",)    # tune="lora": globs over parameter names; the linear maps' matrices they match get adapters
     c.eval_only = False               # True: score the checkpoint on the held-out data, train nothing
     c.num_train_steps = 650           # about 9 minutes on 2 CPU cores for the tiny hybrid
     c.max_train_minutes = ml_collections.FieldReference(None, field_type=float)   # stop early after this

@@ -14,6 +14,7 @@ from microrwkv_jax.families import abstract_model, config_from_dict, get_family
 from microrwkv_jax.hf_checkpoint import is_hf_dir
 from microrwkv_jax.paths import shown_path, user_path
 from microrwkv_jax.sharding import param_shardings
+from microrwkv_jax.training import lora
 
 
 # XLA's CPU scheduler by default starts every operation as early as its inputs allow, for
@@ -49,8 +50,8 @@ def read_params(path):
         beside = path / "tokenizer.json"
         return flat, config, str(beside) if beside.is_file() else family.hf_checkpoint.default_tokenizer
     if path.is_dir():                     # a training run directory: its newest checkpoint
-        flat, meta = restore_run_params(path)
-        return flat, config_from_dict(meta["model"]), meta.get("tokenizer", "gpt2")
+        flat, meta = restore_run_params(path)        # (a LoRA run's adapters merged into their matrices)
+        return lora.merge(flat), config_from_dict(meta["model"]), meta.get("tokenizer", "gpt2")
     raise FileNotFoundError(f"{shown_path(path)}: no such checkpoint file or directory")
 
 

@@ -115,7 +115,13 @@ def under(prefix: str, axes: Mapping[str, tuple]) -> dict:
 
 def logical_axes(param_axes: Mapping[str, tuple], name: str, ndim: int) -> tuple:
     """The logical axis names of parameter `name` from its family's table (the first glob that
-    matches); all None when none does. A table entry of the wrong rank is a bug in the family."""
+    matches); all None when none does. A table entry of the wrong rank is a bug in the family.
+    A LoRA adapter (`training.lora`: W@lora_a [in, r], W@lora_b [r, out]) takes its matrix's
+    axis on the side it shares with it, the rank unsharded."""
+    if "@lora_" in name:
+        matrix, part = name.rsplit("@lora_", 1)
+        axes = logical_axes(param_axes, matrix, 2)
+        return (axes[0], None) if part == "a" else (None, axes[1])
     for pattern, axes in param_axes.items():
         if fnmatch.fnmatchcase(name, pattern):
             if len(axes) != ndim:

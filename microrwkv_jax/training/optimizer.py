@@ -14,6 +14,8 @@ from typing import Collection, Optional
 
 import optax
 
+from microrwkv_jax.training.lora import is_adapter
+
 
 def learning_rate_at(cfg, step: int, elapsed_seconds: Optional[float] = None) -> float:
     """The learning rate of step `step` (0-based): 0 -> learning_rate linearly over warmup_steps,
@@ -30,9 +32,10 @@ def learning_rate_at(cfg, step: int, elapsed_seconds: Optional[float] = None) ->
 
 
 def trains(cfg, name: str) -> bool:
-    """Whether parameter `name` trains under `cfg.tune`: every one ("all"), or only the RWKV-5/6/7
-    initial WKV states ("state": state tuning, everything else frozen)."""
-    return (cfg.get("tune") or "all") == "all" or name.endswith("/att/time_state")
+    """Whether parameter `name` trains under `cfg.tune`: every one ("all"), only the RWKV-5/6/7
+    initial WKV states ("state": state tuning) or only the LoRA adapters ("lora"); the rest is frozen."""
+    tune = cfg.get("tune") or "all"
+    return tune == "all" or (name.endswith("/att/time_state") if tune == "state" else is_adapter(name))
 
 
 def make_optimizer(cfg, linear_maps: Collection[str]) -> optax.GradientTransformation:

@@ -26,6 +26,7 @@ from microrwkv_jax.flops import device_peak_flops
 from microrwkv_jax.loading import read_params
 from microrwkv_jax.paths import shown_path, user_pattern
 from microrwkv_jax.training.distributed import process_rows
+from microrwkv_jax.training import lora
 from microrwkv_jax.training import scoring
 from microrwkv_jax.training.steps import ShardedSteps
 from microrwkv_jax.training.story_samples import NUM_SAMPLES, valid_story_rate
@@ -131,7 +132,13 @@ class Run:
         # Model, parameters, optimizer, placed on the mesh as the family's sharding says. From a
         # checkpoint the model is never initialised: its parameters are the checkpoint's, read one
         # at a time and put straight into their shards, so no device ever holds all of them.
-        self.codec = ParamCodec(abstract_model(self.model_config))
+        base_codec = ParamCodec(abstract_model(self.model_config))
+        self.codec = base_codec
+        if (cfg.get("tune") or "all") == "lora":      # adapters beside the frozen base (training.lora)
+            try:
+                self.codec = lora.LoraCodec(base_codec, cfg.get("lora_targets") or ("blocks/*",), cfg.get("lora_rank") or 8)
+            except ValueError as err:
+                raise TrainingError(str(err)) from None
         if init_params is not None:     # state tuning a model that has no time_state yet: its untuned start, zeros
             init_params = {**{name: np.zeros(shape, np.float32) for name, shape in self.codec.shapes.items()
                               if name.endswith("/att/time_state")}, **init_params}
@@ -140,8 +147,10 @@ class Run:
             # (initialised in host memory where JAX has its CPU backend: a model too large for one
             # accelerator still starts; then each array goes to its shards)
             with jax.default_device(sharding.host_device()):
-                init_params = self.codec.flat(build_model(self.model_config, seed=cfg.seed))
-        else:
+                init_params = base_codec.flat(build_model(self.model_config, seed=cfg.seed))
+        if self.codec is not base_codec:
+            init_params = {**init_params, **lora.init_adapters(self.codec.adapter_shapes, cfg.seed)}
+        if init_params is not None and not all(isinstance(v, jax.Array) for v in init_params.values()):
             init_params = materialise_params(self.model_config, init_params, cfg.get("param_dtype") or "float32",
                                              where=cfg.init_from, codec=self.codec,
                                              shardings=self.steps.param_shardings)

@@ -23,13 +23,13 @@ from microrwkv_jax.paths import user_path, user_pattern
 from microrwkv_jax.sharding import MESH_AXES
 
 # Every key a run reads unconditionally (`compilation_cache`, `cpu_devices`, `distributed`, `keep_checkpoints`,
-# `loss_chunk_elements`, `max_train_minutes`, `mesh`, `param_dtype`, `peak_flops`, `tune` and
-# `valid_story_samples` are optional).
+# `loss_chunk_elements`, `max_train_minutes`, `mesh`, `param_dtype`, `peak_flops`, `tune`, `lora_rank`,
+# `lora_targets` and `valid_story_samples` are optional).
 REQUIRED_KEYS = ("num_train_steps", "batch_size", "grad_accum_steps", "seed", "out_dir", "init_from", "eval_only",
                  "eval_every", "eval_batches", "log_every", "checkpoint_every", "learning_rate", "min_learning_rate",
                  "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "moe_aux_weight", "tokenizer",
                  "dataset", "data", "model")
-TUNE_MODES = ("all", "state")     # what trains: every parameter, or only RWKV-5/6/7's initial WKV states
+TUNE_MODES = ("all", "state", "lora")   # what trains: every parameter, RWKV-5/6/7's initial WKV states, or LoRA adapters
 REQUIRED_DATA_KEYS = ("num_train_stories", "num_val_stories", "story_seed", "val_fraction", "text_field",
                       "tfds_data_dir", "tfds_val_split", "cache_dir")
 POSITIVE_KEYS = ("num_train_steps", "batch_size", "eval_every", "grad_accum_steps", "log_every", "checkpoint_every",
@@ -63,6 +63,12 @@ def validate_config(cfg) -> None:
         raise ValueError(f"valid_story_samples={samples!r}: must be an integer >= 0")
     if (cfg.get("tune") or "all") not in TUNE_MODES:
         raise ValueError(f"tune={cfg.tune!r}: expected one of {TUNE_MODES}")
+    rank = cfg.get("lora_rank", 8)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"lora_rank={rank!r}: must be a positive integer")
+    patterns = cfg.get("lora_targets", ("blocks/*",))
+    if not isinstance(patterns, (tuple, list)) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"lora_targets={patterns!r}: a tuple of globs over parameter names, e.g. ('blocks/*',)")
     if cfg.warmup_steps < 0:
         raise ValueError(f"warmup_steps={cfg.warmup_steps!r}: must be >= 0")
     if not isinstance(cfg.init_from, str) or not cfg.init_from:
