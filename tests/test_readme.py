@@ -59,7 +59,8 @@ PRINTS = [
     ("microrwkv_jax.data.prepare", r"training tokens"),
     ("convert_torch_ckpt.py out/ckpt-500", r"ckpt-500"),
     ("convert_torch_ckpt.py RWKV-x070", r"RWKV-x070.*\n(.*\n)*  tokenizer: world"),
-    ("--to pth", r"exported out/rwkv7 -> out/rwkv7.pth\n  model: RWKV-7: "),
+    ("convert_torch_ckpt.py out/rwkv7 --to pth", r"exported out/rwkv7 -> out/rwkv7.pth\n  model: RWKV-7: "),
+    ("convert_torch_ckpt.py out/lora_rwkv7 --to pth", r"exported out/lora_rwkv7 -> out/lora_rwkv7.pth\n  model: RWKV-7: "),
 ]
 # The Quick start first, then the published weights (their converted directory is sampled in
 # "Sampling"), then every other section in the README's order.

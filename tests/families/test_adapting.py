@@ -22,6 +22,8 @@ from tests.helpers import REPO, rel_err
 from tests.training.test_trainer import final_params, train_cli
 
 pytest.importorskip("rwkv", reason="BlinkDL's rwkv package (the test extra) is the reference")
+# Two steps of one window: a checkpoint's model trains at its own block size (BlinkDL's 4,096).
+SHORT = ("--config.batch_size=1", "--config.num_train_steps=2", "--config.eval_every=2", "--config.checkpoint_every=2")
 
 
 def test_state_tuning_trains_only_the_states_and_the_package_runs_the_result(tmp_path):
@@ -33,7 +35,7 @@ def test_state_tuning_trains_only_the_states_and_the_package_runs_the_result(tmp
     text.write_text("".join(f"Row {i}: state tuning keeps the weights, {i * 11 % 17} apples.\n" for i in range(2000)))
     run = tmp_path / "run"
     train_cli(run, f"--config.init_from={base_pth}", "--config.tokenizer=world", "--config.tune=state",
-              f"--config.dataset={text}", "--config.learning_rate=0.05", "--config.model.block_size=64")
+              f"--config.dataset={text}", "--config.learning_rate=0.05", *SHORT)
     params, meta = final_params(run)
     assert meta["model"]["time_state"] is True
     states = {k: v for k, v in params.items() if k.endswith("/att/time_state")}
@@ -87,7 +89,7 @@ def test_lora_trains_only_adapters_and_the_merged_export_runs_in_the_package(tmp
     run = tmp_path / "run"
     train_cli(run, f"--config.init_from={base_pth}", "--config.tokenizer=world", "--config.tune=lora",
               "--config.lora_rank=4", "--config.lora_targets=('blocks/*/att/*',)", f"--config.dataset={text}",
-              "--config.learning_rate=0.05")
+              "--config.learning_rate=0.05", *SHORT)
     from microrwkv_jax.checkpoints import restore_run_params
     raw, meta = restore_run_params(run)
     adapters = sorted(k for k in raw if "@lora" in k)
