@@ -2,8 +2,8 @@
 here, written as the state dict BlinkDL's `rwkv` package and RWKV-LM load. Each family's name
 table (`parameter_map`: BlinkDL name, stored shape, our name, transform) is read backwards: a
 transposed matrix is transposed back, a [C] vector becomes [1, 1, C], a time_state's key and
-value axes are swapped back, the vocabulary's padding
-rows are dropped. `convert_torch_ckpt.py --to pth` is its command line.
+value axes are swapped back, the vocabulary's padding rows are dropped. A LoRA run's adapters
+are merged on reading (`loading.read_params`). `convert_torch_ckpt.py --to pth` is its command line.
 """
 
 from __future__ import annotations

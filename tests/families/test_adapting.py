@@ -26,6 +26,20 @@ pytest.importorskip("rwkv", reason="BlinkDL's rwkv package (the test extra) is t
 SHORT = ("--config.batch_size=1", "--config.num_train_steps=2", "--config.eval_every=2", "--config.checkpoint_every=2")
 
 
+def assert_base_unchanged(params: dict, base: dict, table) -> None:
+    """Every parameter of the BlinkDL state dict `base` is exactly as loaded (its vocabulary rows)."""
+    for blink, _, ours, transform in table:
+        stored = base[blink] if transform is None else np.asarray(transform(base[blink]))
+        value = params[ours][: stored.shape[0]] if ours in ("emb/embedding", "head") else params[ours]
+        assert np.array_equal(value, stored.reshape(value.shape)), ours
+
+
+def export(run):
+    done = subprocess.run([sys.executable, "convert_torch_ckpt.py", str(run), "--to", "pth"], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 def test_state_tuning_trains_only_the_states_and_the_package_runs_the_result(tmp_path):
     config = model_config("rwkv6", n_layer=2, n_embd=64, n_head=2, vocab_size=65536, ffn_dim=224, lora_dims=(8, 16))
     base = {k: np.asarray(v, np.float32) for k, v in
@@ -41,15 +55,8 @@ def test_state_tuning_trains_only_the_states_and_the_package_runs_the_result(tmp
     states = {k: v for k, v in params.items() if k.endswith("/att/time_state")}
     assert sorted(states) == ["blocks/0/att/time_state", "blocks/1/att/time_state"]
     assert all(v.shape == (2, 32, 32) and np.abs(v).max() > 0 for v in states.values())   # trained from zeros
-    from microrwkv_jax.families import FAMILIES as F
-    for blink, _, ours, transform in F["rwkv6"].torch_checkpoint.parameter_map(config):   # everything else as loaded
-        stored = base[blink] if transform is None else np.asarray(transform(base[blink]))
-        ours_value = params[ours][: stored.shape[0]] if ours in ("emb/embedding", "head") else params[ours]
-        assert np.array_equal(ours_value, stored.reshape(ours_value.shape)), ours
-
-    done = subprocess.run([sys.executable, "convert_torch_ckpt.py", str(run), "--to", "pth"], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert_base_unchanged(params, base, FAMILIES["rwkv6"].torch_checkpoint.parameter_map(config))
+    export(run)
     tokens = [[82, 111, 119, 32, 49, 58, 32, 115, 116, 97, 116, 101]]
     reference = run_package({"tuned": tmp_path / "run.pth"}, tokens, greedy=4, v7=False, workdir=tmp_path)
     from microrwkv_jax.loading import load_model
@@ -97,14 +104,8 @@ def test_lora_trains_only_adapters_and_the_merged_export_runs_in_the_package(tmp
                               for m in ("key", "output", "receptance", "value") for ab in "ab")
     assert all(raw[k].shape == ((64, 4) if k.endswith("_a") else (4, 64)) for k in adapters)
     assert all(np.abs(raw[k]).max() > 0 for k in adapters if k.endswith("_b"))      # trained from zeros
-    for blink, _, ours, transform in table:                   # the base: exactly the checkpoint's
-        stored = base[blink] if transform is None else np.asarray(transform(base[blink]))
-        value = raw[ours][: stored.shape[0]] if ours in ("emb/embedding", "head") else raw[ours]
-        assert np.array_equal(value, stored.reshape(value.shape)), ours
-
-    done = subprocess.run([sys.executable, "convert_torch_ckpt.py", str(run), "--to", "pth"], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert_base_unchanged(raw, base, table)
+    export(run)
     from microrwkv_jax.torch_checkpoint import load_torch_checkpoint, read_tensors
     exported = read_tensors(load_torch_checkpoint(tmp_path / "run.pth"))
     merged = raw["blocks/1/att/key/kernel"] + raw["blocks/1/att/key/kernel@lora_a"] @ raw["blocks/1/att/key/kernel@lora_b"]
