@@ -45,6 +45,9 @@ SKIPPED = {
     "story_samples out/ref": "the published architecture has no recurrent sampler and compiles each window "
                              "length anew (16 minutes)",
     "bench.py text": "the race itself (nanoGPT's files, 7 minutes); tests/test_benchmarks.py runs it shortened",
+    "tune=lora": "LoRA on a BlinkDL RWKV-7 .pth, trained, exported and run in the rwkv package by "
+                 "tests/families/test_adapting.py (the CI budget)",
+    "out/lora_rwkv7 --to pth": "the export of the LoRA run above (tests/families/test_adapting.py)",
 }
 # What each script prints, as the README says (stdout and stderr together).
 TEXT_SCORES = r"held-out text of [\d,]+ bytes, every byte scored: full context \(.*\) [\d.]+ nats/byte"
@@ -60,7 +63,6 @@ PRINTS = [
     ("convert_torch_ckpt.py out/ckpt-500", r"ckpt-500"),
     ("convert_torch_ckpt.py RWKV-x070", r"RWKV-x070.*\n(.*\n)*  tokenizer: world"),
     ("convert_torch_ckpt.py out/rwkv7 --to pth", r"exported out/rwkv7 -> out/rwkv7.pth\n  model: RWKV-7: "),
-    ("convert_torch_ckpt.py out/lora_rwkv7 --to pth", r"exported out/lora_rwkv7 -> out/lora_rwkv7.pth\n  model: RWKV-7: "),
 ]
 # The Quick start first, then the published weights (their converted directory is sampled in
 # "Sampling"), then every other section in the README's order.

@@ -71,7 +71,7 @@ def test_bf16_inputs_keep_float32_state():
     assert rel_err(y, y_ref) <= 3e-2 and rel_err(s, s_ref) <= 3e-2
 
 
-@pytest.mark.parametrize("chunk_size, sub_chunk", [(1, 4), (5, 4), (16, 16), (16, 4), (24, 8)])
+@pytest.mark.parametrize("chunk_size, sub_chunk", [(1, 4), (5, 4), (16, 4), (24, 8)])
 @pytest.mark.parametrize("w_low", [np.exp(-np.exp(-0.5)), 0.004])
 def test_chunked_equals_float64_and_the_scan_in_values_and_gradients(chunk_size, sub_chunk, w_low):
     """T = 37, not a multiple of any chunk; the decays down to RWKV-7's clamp and further (0.004)."""
@@ -93,10 +93,9 @@ def test_chunked_stays_exact_over_4096_tokens_of_strong_decays_and_large_keys():
     r, k, v, w, a, b, s0 = rwkv7_inputs(5, b=1, t=4096, h=2, n=8, w_low=np.exp(-np.exp(-0.5)))
     k, v = 8 * k, 8 * v
     y_ref, s_ref = numpy_wkv7(r, k, v, w, a, b, s0)
-    for chunk_size, sub_chunk in ((16, 4), (64, 16)):
-        y, s = jax.jit(lambda *x: wkv7_chunked(*x, chunk_size=chunk_size, sub_chunk=sub_chunk))(r, k, v, w, a, b, s0)
-        assert np.isfinite(np.asarray(y)).all()
-        assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    y, s = jax.jit(lambda *x: wkv7_chunked(*x, chunk_size=16, sub_chunk=4))(r, k, v, w, a, b, s0)
+    assert np.isfinite(np.asarray(y)).all()
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
 
 
 def test_dispatcher_picks_the_step_the_scan_or_the_chunked_form():
