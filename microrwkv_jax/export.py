@@ -41,7 +41,8 @@ def export_to_pth(path, out=None, force: bool = False):
         raise ConversionError(f"{out} exists: pass --force to replace it")
     tensors = {}
     for blink, stored_shape, ours, transform in names.parameter_map(config):
-        array = np.asarray(flat[ours].read() if hasattr(flat[ours], "read") else flat[ours], np.float32)
+        value = flat[ours]
+        array = np.asarray(value() if callable(value) else value, np.float32)   # (a reader or an array)
         if ours in ("emb/embedding", "head"):
             array = array[: config.vocab_size]
         array = (array.T if transform is np.transpose else swap_key_value(array) if transform is swap_key_value

@@ -8,7 +8,7 @@ wrong direction, so no exponent is ever positive: nothing is divided by a cumula
 nothing overflows, whatever the decays (down to 0.004 per token and beyond).
 
 A chunk is cut into sub-chunks of S tokens. Pairs inside one sub-chunk get their exact weights
-element by element ([S, S, N] per sub-chunk); pairs across sub-chunks p < q go through the
+element by element (its S (S - 1) / 2 pairs i < t, [P, N] per sub-chunk); pairs across sub-chunks p < q go through the
 boundaries between them,
 
     exp(before_t - upto_i) = exp(before_t - B_q) * exp(B_q - B_{p+1}) * exp(B_{p+1} - upto_i)

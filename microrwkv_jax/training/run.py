@@ -150,7 +150,7 @@ class Run:
                 init_params = base_codec.flat(build_model(self.model_config, seed=cfg.seed))
         if self.codec is not base_codec:
             init_params = {**init_params, **lora.init_adapters(self.codec.adapter_shapes, cfg.seed)}
-        if init_params is not None and not all(isinstance(v, jax.Array) for v in init_params.values()):
+        if not all(isinstance(v, jax.Array) for v in init_params.values()):   # a checkpoint's readers, or adapters
             init_params = materialise_params(self.model_config, init_params, cfg.get("param_dtype") or "float32",
                                              where=cfg.init_from, codec=self.codec,
                                              shardings=self.steps.param_shardings)
