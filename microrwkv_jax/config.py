@@ -39,7 +39,8 @@ class ModelConfig:
       mlp_ratio: hidden width of the GPT baseline's MLP as a multiple of C.
       ffn_dim: hidden width of the RWKV-5/6/7 channel mix; None: the family's rule for the width.
       lora_dims: ranks of the RWKV-6/7 low-rank projections (RWKV-6: token-shift mix, decay;
-        RWKV-7: decay, in-context learning rate, value residual, gate); (): the family's rule.
+        RWKV-7 and the causal family's time_mix7: decay, in-context learning rate, value
+        residual, gate); (): the family's rule.
       time_state: RWKV-5/6/7 only: a trainable initial WKV state per layer and head (state tuning;
         BlinkDL's `time_state` tensors), the state every sequence starts from instead of zeros.
       layers: the sub-layers of each causal block, in order (default: the hybrid block).

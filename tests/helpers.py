@@ -33,6 +33,19 @@ def tiny_config(family="hybrid", **overrides):
     return model_config(family, **base)
 
 
+def randomize_params(module, seed: int, scale: float = 0.1):
+    """Add scale x N(0, 1) noise to every parameter of an nnx module in place, so that no
+    parameter starts at zero (RWKV-7's output projection does) and every path is exercised."""
+    import jax
+    from flax import nnx
+    params = nnx.state(module, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noisy = [leaf + scale * jax.random.normal(key, leaf.shape, leaf.dtype) for leaf, key in zip(leaves, keys)]
+    nnx.update(module, jax.tree.unflatten(treedef, noisy))
+    return module
+
+
 def load_script(name: str):
     """A top-level script of the repository (sample.py, convert_torch_ckpt.py) as a module."""
     spec = importlib.util.spec_from_file_location(pathlib.Path(name).stem + "_script", REPO / name)

@@ -20,7 +20,7 @@ def test_impossible_settings_name_the_field_and_value(kwargs, message):
 
 @pytest.mark.parametrize("preset, kwargs, message", [
     ("hybrid", dict(layers=("time_mix", "attn")),
-     "layers=('time_mix', 'attn'): unknown sub-layer 'attn'; expected names from ('time_mix', 'channel_mix', 'swa', 'gqa', 'moe', 'mlp')"),
+     "layers=('time_mix', 'attn'): unknown sub-layer 'attn'; expected names from ('time_mix', 'time_mix7', 'channel_mix', 'swa', 'gqa', 'moe', 'mlp')"),
     ("hybrid", dict(layers=()), "layers=(): must name at least one sub-layer"),
     ("rwkv", dict(layers=("time_mix", "time_mix")), "layers=('time_mix', 'time_mix'): names a sub-layer twice"),
     ("published", dict(n_embd=40, n_head=4), "n_embd=40: the published GQA needs n_embd divisible by 4 * n_head = 16"),

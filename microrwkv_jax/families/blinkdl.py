@@ -30,7 +30,6 @@ from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, te
 
 LAYER = re.compile(r"blocks\.(\d+)\.")
 BLOCK_SIZE = 4096    # no positional limit; the context the World models were trained with
-LN_X_EPS = 64e-5     # ln_x's GroupNorm eps in the package: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
 CHUNK_SIZE = 16     # tokens per chunk of RWKV-5/6/7's chunked WKV (ops.chunked), by measurement (`bench.py wkv`)
 TOKENIZER = "world"  # RWKV-5/6/7's: the RWKV World tokenizer
 # Logical axes of the parameters every generation from RWKV-5 on has, for sharding (microrwkv_jax.sharding).
@@ -199,22 +198,6 @@ class Block(nnx.Module):
         x = x + h
         h, ffn_state = self.ffn(self.ln2(x), state=state["ffn"])[:2]
         return x + h, {"att": att_state, "ffn": ffn_state}, shared
-
-
-def heads_state(batch: int, n_head: int, head_size: int, time_state=None) -> dict:
-    """The time mix state of RWKV-5/6/7: the token shift and the heads' float32 WKV states, zeros
-    or, state-tuned, the layer's trainable `time_state` [H, N, N] for every row."""
-    wkv = (jnp.zeros((batch, n_head, head_size, head_size), jnp.float32) if time_state is None
-           else jnp.broadcast_to(time_state[...].astype(jnp.float32), (batch, n_head, head_size, head_size)))
-    return {"shift": jnp.zeros((batch, n_head * head_size), jnp.float32), "wkv": wkv}
-
-
-def time_state_param(config: ModelConfig) -> Optional[nnx.Param]:
-    """The trainable initial WKV state [H, N_key, N_value] of a state-tuned model (zeros: the
-    untuned model's start), or None."""
-    if not config.time_state:
-        return None
-    return nnx.Param(jnp.zeros((config.n_head, config.head_size, config.head_size), jnp.float32))
 
 
 def swap_key_value(a):

@@ -1,5 +1,6 @@
 """RWKV x051a time mixing (WKV attention) and channel mixing, with explicit recurrent state, and
-the pieces BlinkDL's RWKV generations share: the token shift, RWKV-4/5's interpolated channel mix.
+the pieces BlinkDL's RWKV generations share: the token shift, the heads' state (and its trainable
+start, for state tuning), RWKV-4/5's interpolated channel mix.
 
 All take the previous token's input vector explicitly, so that a sequence can be fed
 all at once, in pieces, or one token at a time with identical results. TimeMix and ChannelMix
@@ -36,6 +37,23 @@ def gated_heads_output(x, r, k, v, w, u, g, wkv_state, ln_x, output, chunk_size=
     y, wkv_state = wkv5.wkv5(r, k, v, w, u, wkv_state, chunk_size)
     y = ln_x(y.reshape(b, t, c)).astype(x.dtype)
     return output(y * g), {"shift": x[:, -1].astype(jnp.float32), "wkv": wkv_state}
+
+
+LN_X_EPS = 64e-5     # RWKV-5/6/7's ln_x GroupNorm eps: RWKV-LM's 1e-5 with its head_size_divisor 8 folded in
+
+
+def heads_state(batch: int, n_head: int, head_size: int, time_state=None) -> dict:
+    """The time mix state of RWKV-5/6/7: the token shift and the heads' float32 WKV states, zeros
+    or, state-tuned, the layer's trainable `time_state` [H, N, N] for every row."""
+    wkv = (jnp.zeros((batch, n_head, head_size, head_size), jnp.float32) if time_state is None
+           else jnp.broadcast_to(time_state[...].astype(jnp.float32), (batch, n_head, head_size, head_size)))
+    return {"shift": jnp.zeros((batch, n_head * head_size), jnp.float32), "wkv": wkv}
+
+
+def time_state_param(n_head: int, head_size: int) -> nnx.Param:
+    """The trainable initial WKV state [H, N_key, N_value] of a state-tuned layer (zeros: the
+    untuned model's start)."""
+    return nnx.Param(jnp.zeros((n_head, head_size, head_size), jnp.float32))
 
 
 def _ratios(layer_id: int, n_layer: int):

@@ -9,7 +9,7 @@ from flax import nnx
 
 from microrwkv_jax import LanguageModel
 from microrwkv_jax.families.causal.model import SUBLAYERS
-from tests.helpers import rel_err, tiny_config
+from tests.helpers import randomize_params, rel_err, tiny_config
 
 FAMILIES = ["hybrid", "rwkv", "gpt"]
 
@@ -123,12 +123,17 @@ def test_bfloat16_compute_tracks_float32():
     assert rel_err(low, ref) <= 5e-2
 
 
-@pytest.mark.parametrize("name", ["time_mix", "channel_mix", "swa", "gqa", "moe", "mlp"])
+def test_the_sublayer_table_is_what_this_file_tests():
+    assert set(SUBLAYERS) == {"time_mix", "time_mix7", "channel_mix", "swa", "gqa", "moe", "mlp"}
+
+
+@pytest.mark.parametrize("name", ["time_mix", "time_mix7", "channel_mix", "swa", "gqa", "moe", "mlp"])
 def test_every_sublayer_has_one_interface_and_continues_from_its_state(name):
     """`layer(x, start=, state=) -> (y, state, aux)` and `init_state(batch, max_len)`: feeding a
-    sequence in two pieces through the state equals feeding it whole."""
+    sequence in two pieces through the state equals feeding it whole (parameters perturbed, so
+    that none is zero: RWKV-7's output projection starts at 0)."""
     config = tiny_config("hybrid", gqa_window=None)
-    layer = SUBLAYERS[name](config, 0, nnx.Rngs(0), jnp.float32)
+    layer = randomize_params(SUBLAYERS[name](config, 0, nnx.Rngs(0), jnp.float32), seed=1)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 21, config.n_embd)), jnp.float32)
     whole, _, aux = layer(x, start=0, state=None)
     assert whole.shape == x.shape and isinstance(aux, dict)

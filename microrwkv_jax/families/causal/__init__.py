@@ -10,6 +10,7 @@ from microrwkv_jax.layers.attention import CausalSelfAttention
 from microrwkv_jax.layers.mlp import MLP
 from microrwkv_jax.layers.moe import TinyMoE
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
+from microrwkv_jax.layers.rwkv7 import TimeMix7
 from microrwkv_jax.sharding import under
 
 # Logical axes of every parameter, for sharding (microrwkv_jax.sharding): each layer declares its own.
@@ -18,6 +19,7 @@ PARAM_AXES = {
     "ln_f/*": ("embed",),
     "blocks/*/norm_*/weight": ("embed",),
     **under("blocks/*/time_mix", TimeMix.PARAM_AXES),
+    **under("blocks/*/time_mix7", TimeMix7.PARAM_AXES),
     **under("blocks/*/channel_mix", ChannelMix.PARAM_AXES),
     **under("blocks/*/swa", CausalSelfAttention.PARAM_AXES),
     **under("blocks/*/gqa", CausalSelfAttention.PARAM_AXES),
@@ -32,7 +34,7 @@ FAMILY = Family(
     check_config=check_config,
     forward_flops_per_token=forward_flops_per_token,
     recurrent=True,
-    stateful_score=lambda config: set(config.layers) <= {"time_mix", "channel_mix", "moe", "mlp"},
+    stateful_score=lambda config: set(config.layers) <= {"time_mix", "time_mix7", "channel_mix", "moe", "mlp"},
     generate=generate_recurrent,
     describe=lambda config: f"causal {list(config.layers)}",
     param_axes=PARAM_AXES,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.flops import channel_mix_flops, head_flops, mean_context, time_mix_flops
+from microrwkv_jax.layers.rwkv7 import default_lora_ranks, time_mix7_flops
 
 
 def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
@@ -16,6 +17,8 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     for name in config.layers:
         if name == "time_mix":
             per_layer += time_mix_flops(c, h, n, min(config.chunk_size, seq_len))
+        elif name == "time_mix7":
+            per_layer += time_mix7_flops(c, n, config.lora_dims or default_lora_ranks(c), config.n_layer)
         elif name == "channel_mix":
             per_layer += channel_mix_flops(c)
         elif name in ("swa", "gqa"):

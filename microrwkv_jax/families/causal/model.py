@@ -1,5 +1,6 @@
-"""The causal MicroRWKV language model: RWKV time/channel mixing, sliding-window attention,
-grouped-query attention and a tiny mixture of experts, each a pre-norm residual sub-layer.
+"""The causal MicroRWKV language model: RWKV time/channel mixing (x051a's, or RWKV-7's time mixing
+as "time_mix7"), sliding-window attention, grouped-query attention and a tiny mixture of experts,
+each a pre-norm residual sub-layer.
 
     tokens [B, T] -> embedding -> L x Block -> LayerNorm -> tied output head -> logits [B, T, V]
 
@@ -24,12 +25,18 @@ from microrwkv_jax.layers.moe import TinyMoE
 from microrwkv_jax.layers.normalization import RMSNorm, layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
+from microrwkv_jax.layers.rwkv7 import TimeMix7, default_lora_ranks
 
 # Sub-layer name -> constructor (config, layer index, rngs, compute dtype). Every sub-layer has
-# `__call__(x, *, start, state) -> (y, new_state, aux)` and `init_state(batch, max_len)`.
+# `__call__(x, *, start, state) -> (y, new_state, aux)` and `init_state(batch, max_len)`;
+# time_mix7 also takes `v_first` (RWKV-7's value residual: the first block's time_mix7 values,
+# which the later ones mix in) and returns it in its aux.
 SUBLAYERS = {
     "time_mix": lambda c, i, rngs, dtype: TimeMix(c.n_embd, c.n_head, i, c.n_layer, rngs=rngs, bias=c.bias,
                                                   chunk_size=c.chunk_size, dtype=dtype),
+    "time_mix7": lambda c, i, rngs, dtype: TimeMix7(c.n_embd, c.n_head, i, c.n_layer,
+                                                    c.lora_dims or default_lora_ranks(c.n_embd), rngs=rngs,
+                                                    chunk_size=c.chunk_size, dtype=dtype),
     "channel_mix": lambda c, i, rngs, dtype: ChannelMix(c.n_embd, i, c.n_layer, rngs=rngs, bias=c.bias, dtype=dtype),
     "swa": lambda c, i, rngs, dtype: CausalSelfAttention(c.n_embd, c.n_head, c.n_head, c.swa_window, c.n_layer,
                                                          rngs=rngs, rope_base=c.rope_base, dtype=dtype),
@@ -53,17 +60,20 @@ class Block(nnx.Module):
     def init_state(self, batch: int, max_len: int) -> dict:
         return {name: getattr(self, name).init_state(batch, max_len) for name in self.names}
 
-    def __call__(self, x, *, start=0, state=None):
-        """x: [B, T, C]. Returns (x, new state or None, aux: the sub-layers' aux dicts merged)."""
+    def __call__(self, x, *, start=0, state=None, v_first=None):
+        """x: [B, T, C]; v_first: the first time_mix7's values (None before it has run). Returns
+        (x, new state or None, aux: the sub-layers' aux dicts merged, v_first)."""
         new_state, aux = {}, {}
         for name in self.names:
             sublayer, norm = getattr(self, name), getattr(self, f"norm_{name}")
+            extra = {"v_first": v_first} if name == "time_mix7" else {}
             with jax.named_scope(name):      # (names the sub-layer's ops in profiles: bench.py profile-train)
                 h, new_state[name], sublayer_aux = sublayer(norm(x), start=start,
-                                                            state=None if state is None else state[name])
+                                                            state=None if state is None else state[name], **extra)
+            v_first = sublayer_aux.pop("v_first", v_first)
             aux.update(sublayer_aux)
             x = x + h
-        return x, (None if state is None else new_state), aux
+        return x, (None if state is None else new_state), aux, v_first
 
 
 class LanguageModel(nnx.Module):
@@ -97,9 +107,10 @@ class LanguageModel(nnx.Module):
         """`forward` without the output head: (final hidden states [B, T, C], new state, aux)."""
         x = self.wte.embedding[...][tokens].astype(jnp.dtype(self.config.dtype))
         start = 0 if state is None else state["pos"]
-        new_blocks, aux_losses, fractions = [], [], []
+        new_blocks, aux_losses, fractions, v_first = [], [], [], None
         for i, block in enumerate(self.blocks):
-            x, block_state, block_aux = block(x, start=start, state=None if state is None else state["blocks"][i])
+            x, block_state, block_aux, v_first = block(x, start=start, v_first=v_first,
+                                                       state=None if state is None else state["blocks"][i])
             new_blocks.append(block_state)
             if "moe_aux_loss" in block_aux:
                 aux_losses.append(block_aux["moe_aux_loss"])

@@ -18,12 +18,12 @@ import numpy as np
 from flax import nnx
 
 from microrwkv_jax.config import ModelConfig
-from microrwkv_jax.families.blinkdl import (LN_X_EPS, Block, RecurrentLM, check_heads_config, ffn_dim_3_5,
-                                           heads_state, time_state_param)
+from microrwkv_jax.families.blinkdl import Block, RecurrentLM, check_heads_config, ffn_dim_3_5
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import STD, linear
 from microrwkv_jax.layers.normalization import HeadGroupNorm
-from microrwkv_jax.layers.rwkv import ChannelMix, gated_heads_output, token_shift
+from microrwkv_jax.layers.rwkv import (LN_X_EPS, ChannelMix, gated_heads_output, heads_state, time_state_param,
+                                      token_shift)
 
 MIXES = ("w", "k", "v", "r", "g")          # the order of the five token-shift LoRAs in time_maa_w2
 ffn_dim = ffn_dim_3_5
@@ -67,7 +67,7 @@ class TimeMix(nnx.Module):
         self.output = make(STD / np.sqrt(2 * config.n_layer))
         self.ln_x = HeadGroupNorm(c, h, eps=LN_X_EPS)
         if config.time_state:
-            self.time_state = time_state_param(config)     # state tuning: [H, N, N]
+            self.time_state = time_state_param(h, n)     # state tuning: [H, N, N]
 
     def init_state(self, batch: int) -> dict:
         return heads_state(batch, self.n_head, self.head_size, getattr(self, "time_state", None))

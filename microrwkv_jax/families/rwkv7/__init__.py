@@ -5,14 +5,12 @@ models' sizes (head size 64, the World tokenizer's 65,536 tokens)."""
 from microrwkv_jax.families.blinkdl import SHELL_AXES, world_family, world_presets
 from microrwkv_jax.families.rwkv7 import checkpoint_names
 from microrwkv_jax.families.rwkv7.model import RWKV7, forward_flops_per_token
+from microrwkv_jax.layers.rwkv7 import TimeMix7
+from microrwkv_jax.sharding import under
 
 PARAM_AXES = {
     **{k: v for k, v in SHELL_AXES.items() if "receptance" not in k},
-    "blocks/*/att/*/kernel": ("embed", "heads"),                # receptance, key, value
-    "blocks/*/att/r_k": ("heads", "embed"),                     # [H, N]
-    "blocks/*/att/?1": ("embed", "lora"),                       # LoRAs w, a, v, g: [C, D] and [D, C]
-    "blocks/*/att/?2": ("lora", "embed"),
-    "blocks/*/att/*": ("embed",),                               # x_*, w0, a0, v0, k_k, k_a
+    **under("blocks/*/att", TimeMix7.PARAM_AXES),
 }
 PRESETS = world_presets({"rwkv7": (12, 768), "rwkv7-0.1b": (12, 768), "rwkv7-0.4b": (24, 1024),
                          "rwkv7-1.5b": (24, 2048), "rwkv7-2.9b": (32, 2560)})
