@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from microrwkv_jax.ops.wkv7 import wkv7, wkv7_chunked, wkv7_scan, wkv7_step
+from microrwkv_jax.ops.wkv7 import unit_lower_inverse, wkv7, wkv7_chunked, wkv7_scan, wkv7_step
 from tests.helpers import rel_err
 
 
@@ -117,3 +117,12 @@ def test_chunked_takes_decays_that_underflow_to_zero():
     y_ref, s_ref = numpy_wkv7(r, k, v, w, a, b, s0)
     y, s = wkv7_chunked(r, k, v, w, a, b, s0, chunk_size=8)
     assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("q", [1, 5, 16])
+def test_the_unit_lower_triangular_inverse_equals_float64s(q):
+    """(I - A)^{-1} of strictly lower-triangular A [2, 3, Q, Q] with entries in (-1, 1), as the
+    chunk's in-context-learning scores are, against numpy's float64 inverse."""
+    a = np.tril(np.random.default_rng(q).uniform(-1, 1, (2, 3, q, q)), -1)
+    expected = np.linalg.inv(np.eye(q) - a)
+    assert rel_err(unit_lower_inverse(jnp.asarray(a, jnp.float32)), expected) <= 1e-5
