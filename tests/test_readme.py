@@ -9,7 +9,8 @@ before this test. The files the README's commands name but a fresh clone cannot 
 published `out/ckpt-500.pth`, a Hugging Face GPT-2 directory, BlinkDL RWKV-4 `.pth` files, a
 tokenizer.json, `data/*.txt`, BlinkDL RWKV-6/7 World `.pth` files) are built small here, at the paths the README names. Commands that
 need the GPT-2 BPE file run when MICRORWKV_GPT2_BPE names it (CI has it) and are named in a
-warning otherwise; the few commands left out are listed in SKIPPED with the reason.
+warning otherwise; the few commands left out are listed in SKIPPED with the reason, and a
+command the README repeats word for word runs once, where it first appears.
 """
 
 import os
@@ -201,9 +202,12 @@ def test_every_readme_command_runs_as_written(tmp_path):
     env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MICRORWKV_COMPILATION_CACHE": str(tmp_path / "jax-cache"), "PYTHONPATH": ""}
     bpe = gpt2_bpe_path()
-    left_out, failures, ran, next_line = [], [], 0, None
+    left_out, failures, ran, next_line, seen = [], [], 0, None, set()
     for kind, text in commands_in_order():
         reason = next((why for key, why in SKIPPED.items() if key in text), None) if kind == "bash" else None
+        if reason is None and (kind, text) in seen:
+            reason = "the README repeats it; it ran where it first appears"
+        seen.add((kind, text))
         if reason is None and bpe is None and any(key in text for key in NEEDS_GPT2_BPE):
             reason = "needs the GPT-2 BPE file (MICRORWKV_GPT2_BPE)"
         if reason:
