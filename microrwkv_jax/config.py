@@ -48,6 +48,9 @@ class ModelConfig:
       chunk_size: tokens per chunk Q of the chunked WKV operator.
       rope_base: rotary embedding base.
       dtype: compute dtype (parameters and WKV state stay float32).
+      remat: recompute each block's activations in the backward pass instead of keeping them
+        (gradient checkpointing, `nnx.remat`): about one more forward pass of compute for the
+        activation memory of one block; the numbers are the same.
       arch: the model family, a key of `microrwkv_jax.families.FAMILIES`.
     """
 
@@ -71,6 +74,7 @@ class ModelConfig:
     chunk_size: int = 64
     rope_base: float = 10000.0
     dtype: str = "float32"
+    remat: bool = False
     arch: str = "causal"
 
     def __post_init__(self):
@@ -105,6 +109,8 @@ class ModelConfig:
             self.fail("lora_dims", "must be positive integers")
         if not isinstance(self.time_state, bool):
             self.fail("time_state", "must be True or False")
+        if not isinstance(self.remat, bool):
+            self.fail("remat", "must be True or False")
         if self.n_embd % self.n_head:
             self.fail("n_embd", f"must be divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:

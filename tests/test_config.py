@@ -76,3 +76,18 @@ def test_a_training_configs_model_section_becomes_its_presets_config(preset, arc
     with pytest.raises(ValueError) as err:
         model_config_from(model, 257, backend="cpu")
     assert str(err.value) == "model.vocab_size=100: smaller than the tokenizer's vocabulary (257)"
+
+
+def test_a_none_in_the_model_section_keeps_the_presets_value_or_else_the_default():
+    """configs/finetune_rwkv7_2b9.py leaves every shape None: the rwkv7 presets' n_kv_head=1
+    stays (None there once meant n_head // 4, which RWKV-7 refuses); a hybrid's None n_kv_head
+    and gqa_window are the defaults (n_head // 4, global attention)."""
+    from configs.finetune_rwkv7_2b9 import get_config
+    from microrwkv_jax.families import model_config_from
+    model = get_config().model
+    config = model_config_from(model, 65536, backend="cpu")
+    assert (config.arch, config.n_layer, config.n_embd, config.n_head, config.n_kv_head) == ("rwkv7", 32, 2560, 40, 1)
+    assert (config.block_size, config.chunk_size, config.remat) == (4096, 16, True)
+    model.family = "hybrid"
+    config = model_config_from(model, 65536, backend="cpu")
+    assert (config.n_kv_head, config.gqa_window) == (config.n_head // 4, None)

@@ -51,8 +51,10 @@ def model_config_from(model_cfg, vocab_size: int, backend: str) -> ModelConfig:
     the vocabulary of the tokenizer (`vocab_size`) unless the section sets a larger one."""
     fields = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
     preset = fields.pop("family", "hybrid")
-    # None keeps the preset's value or the default, except for fields whose default is None.
-    keeps_none = {f.name for f in dataclasses.fields(ModelConfig) if f.default is None}
+    # None keeps the preset's value or the default; a field whose default is None and that the
+    # preset does not set (e.g. gqa_window: global attention) takes the None.
+    preset_fields = PRESETS[preset][1] if preset in PRESETS else {}
+    keeps_none = {f.name for f in dataclasses.fields(ModelConfig) if f.default is None} - set(preset_fields)
     fields = {k: v for k, v in fields.items() if v is not None or k in keeps_none}
     fields["dtype"] = resolve_dtype(fields.get("dtype", "auto"), backend)
     if fields.setdefault("vocab_size", vocab_size) < vocab_size:

@@ -26,6 +26,7 @@ from microrwkv_jax.families.family import Family, TorchCheckpointFormat
 from microrwkv_jax.layers.linears import STD, linear_map_param
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
+from microrwkv_jax.layers.remat import blockwise
 from microrwkv_jax.torch_checkpoint import ConversionError, check_state_dict, tensor_reader
 
 LAYER = re.compile(r"blocks\.(\d+)\.")
@@ -258,8 +259,9 @@ class RecurrentLM(nnx.Module):
             state = self.init_state(tokens.shape[0])
         x = self.ln0(self.emb.embedding[...][tokens].astype(jnp.dtype(self.config.dtype)))
         new_blocks, shared = [], None
+        run = blockwise(lambda block, x, block_state, shared: block(x, block_state, shared), self.config.remat)
         for block, block_state in zip(self.blocks, state["blocks"]):
-            x, block_state, shared = block(x, block_state, shared)
+            x, block_state, shared = run(block, x, block_state, shared)
             new_blocks.append(block_state)
         new_state = None if fresh else {"pos": state["pos"] + tokens.shape[1], "blocks": new_blocks}
         return self.ln_out(x), new_state, {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}

@@ -94,13 +94,14 @@ class Run:
                                 f"divisible by the {shards} batch shards (mesh data x fsdp)")
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         init_params = None
-        if cfg.init_from != "scratch":       # the checkpoint says what the model is; the config only its dtype
+        if cfg.init_from != "scratch":       # the checkpoint says what the model is; the config only its dtype and remat
             init_params, init_config, init_tokenizer = read_params(cfg.init_from)
             if init_tokenizer is not None and init_tokenizer != cfg.tokenizer:
                 raise TrainingError(f"init_from={cfg.init_from!r} was trained with tokenizer {init_tokenizer!r}, "
                                     f"not {cfg.tokenizer!r}")
             self.model_config = init_config.replace(
-                dtype=resolve_dtype(cfg.model.get("dtype") or "auto", jax.default_backend()))
+                dtype=resolve_dtype(cfg.model.get("dtype") or "auto", jax.default_backend()),
+                remat=bool(cfg.model.get("remat") or False))
         else:
             self.model_config = model_config_from(cfg.model, self.tokenizer.vocab_size, jax.default_backend())
         if (cfg.get("tune") or "all") == "state":

@@ -24,6 +24,7 @@ from microrwkv_jax.layers.mlp import MLP
 from microrwkv_jax.layers.moe import TinyMoE
 from microrwkv_jax.layers.normalization import RMSNorm, layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
+from microrwkv_jax.layers.remat import blockwise
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 from microrwkv_jax.layers.rwkv7 import TimeMix7, default_lora_ranks
 
@@ -108,9 +109,10 @@ class LanguageModel(nnx.Module):
         x = self.wte.embedding[...][tokens].astype(jnp.dtype(self.config.dtype))
         start = 0 if state is None else state["pos"]
         new_blocks, aux_losses, fractions, v_first = [], [], [], None
+        run = blockwise(lambda block, x, block_state, v_first: block(x, start=start, state=block_state, v_first=v_first),
+                        self.config.remat)
         for i, block in enumerate(self.blocks):
-            x, block_state, block_aux, v_first = block(x, start=start, v_first=v_first,
-                                                       state=None if state is None else state["blocks"][i])
+            x, block_state, block_aux, v_first = run(block, x, None if state is None else state["blocks"][i], v_first)
             new_blocks.append(block_state)
             if "moe_aux_loss" in block_aux:
                 aux_losses.append(block_aux["moe_aux_loss"])

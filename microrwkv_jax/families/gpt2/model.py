@@ -18,6 +18,7 @@ from microrwkv_jax.layers.linears import STD
 from microrwkv_jax.layers.mlp import MLP
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
+from microrwkv_jax.layers.remat import blockwise
 
 
 def check_config(config: ModelConfig) -> None:
@@ -82,8 +83,9 @@ class GPT2(nnx.Module):
         x = self.wte.embedding[...][tokens].astype(jnp.float32) + self.wpe.embedding[...][positions].astype(jnp.float32)
         x = x.astype(jnp.dtype(self.config.dtype))
         new_blocks = []
+        run = blockwise(lambda block, x, block_state: block(x, start=start, state=block_state), self.config.remat)
         for i, block in enumerate(self.blocks):
-            x, block_state = block(x, start=start, state=None if state is None else state["blocks"][i])
+            x, block_state = run(block, x, None if state is None else state["blocks"][i])
             new_blocks.append(block_state)
         new_state = None if state is None else {"pos": state["pos"] + t, "blocks": new_blocks}
         aux = {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}

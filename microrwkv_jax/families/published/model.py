@@ -26,6 +26,7 @@ from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.layers.linears import STD, linear, linear_map_param
 from microrwkv_jax.layers.normalization import layer_norm
 from microrwkv_jax.layers.output_head import tied_logits
+from microrwkv_jax.layers.remat import blockwise
 from microrwkv_jax.layers.rwkv import ChannelMix, TimeMix
 
 SWA_WINDOW = 256   # fixed in the published code
@@ -165,8 +166,9 @@ class PublishedModel(nnx.Module):
                              "(the published model has learned positions)")
         dtype = jnp.dtype(self.config.dtype)
         x = (self.wte.embedding[...][tokens] + self.wpe.embedding[...][:t]).astype(dtype)
+        run = blockwise(lambda block, x: block(x), self.config.remat)
         for block in self.blocks:
-            x = block(x)
+            x = run(block, x)
         return self.ln_f(x), None, {"moe_aux_loss": jnp.zeros((), jnp.float32), "expert_fraction": None}
 
     def output_embedding(self):
