@@ -15,36 +15,16 @@ The model comes from the checkpoint; the `model` section names the same preset (
 which is what `bench.py train` builds.
 """
 
-import ml_collections
-
-from configs.tiny import base_config
+from configs.tiny import fine_tuning_config
 
 
 def get_config():
-    c = base_config()
+    # The rwkv7-2.9b preset's shapes (32 layers, 2560 wide, 65,536 tokens, 4,096-token windows,
+    # chunks of 16). remat: each block's activations recomputed in the backward pass; without it
+    # the step needs 326 GiB of temporaries per v5p chip at 8 x 4096 (BENCHMARKS.md).
+    c = fine_tuning_config("rwkv7-2.9b", vocab_size=65536, remat=True)
     c.init_from = "RWKV-x070-World-2.9B.pth"   # BlinkDL's .pth (or a run directory)
     c.out_dir = "out/finetune_rwkv7_2b9"
-    c.tokenizer = "world"                   # the World models' tokenizer (MICRORWKV_WORLD_VOCAB)
-    c.dataset = "data/*.txt"
-    c.data.document_windows = False         # windows anywhere in the token stream
-    c.mesh.update(dict(data=1, fsdp=-1, tensor=1))   # every parameter and optimizer state over all devices
-    c.batch_size = 8                        # rows per step: 8 x 4096 tokens (a multiple of the device count)
-    c.num_train_steps = 1000
-    c.learning_rate = 1e-5                  # fine-tuning: a small peak, short warmup
-    c.min_learning_rate = 1e-6
-    c.warmup_steps = 50
-    c.eval_every = 200
-    c.eval_batches = 10
-    c.checkpoint_every = 200
-    c.valid_story_samples = 0
-    # The rwkv7-2.9b preset's shapes (32 layers, 2560 wide, 65,536 tokens, chunks of 16); None keeps the preset's.
-    # remat: each block's activations recomputed in the backward pass; without it the step needs
-    # 326 GiB of temporaries per v5p chip at 8 x 4096 (BENCHMARKS.md).
-    none = lambda kind: ml_collections.FieldReference(None, field_type=kind)
-    c.model = ml_collections.ConfigDict(dict(
-        family="rwkv7-2.9b", vocab_size=65536, dtype="auto", remat=True, layers=none(tuple), block_size=none(int),
-        n_layer=none(int), n_embd=none(int), n_head=none(int), n_kv_head=none(int), swa_window=none(int),
-        gqa_window=none(int), num_experts=none(int), num_active_experts=none(int), expert_dim=none(int),
-        mlp_ratio=none(int), bias=ml_collections.FieldReference(None, field_type=bool), chunk_size=none(int),
-        rope_base=ml_collections.FieldReference(None, field_type=float)))
+    c.tokenizer = "world"                   # the World models' tokenizer
+    c.batch_size = 8                        # 8 x 4096 tokens per step
     return c

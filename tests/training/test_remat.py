@@ -18,7 +18,7 @@ CONFIGS = {
                    lora_dims=(8, 8, 4, 8)),
     "gpt2": dict(n_head=4, n_kv_head=4),
     "published": dict(n_head=4, num_experts=4, num_active_experts=2, expert_dim=16),
-    "rwkv7": dict(n_head=2, lora_dims=(8, 8, 4, 8)),
+    "rwkv7": dict(n_head=2, lora_dims=(8, 8, 4, 8), chunk_size=8),       # (24 tokens: three whole chunks)
 }
 
 

@@ -133,7 +133,7 @@ def run_mesh_equality(*groups):
 @pytest.mark.slow
 def test_every_family_gives_the_same_numbers_on_every_mesh():
     """Three AdamW steps from the same parameters and batches, on one device and on the meshes
-    (8,1,1), (1,8,1), (2,2,2) of 8 CPU devices: the same losses and parameters to float32
+    (1,8,1), (2,2,2) of 8 CPU devices: the same losses and parameters to float32
     reduction order, for every family; and with fsdp=8 each device holds an eighth of the
     parameters and optimizer state, in its arrays and in the compiled step's arguments. (The
     causal "rwkv" preset is left out: its two sub-layers are the hybrid's, tested here.)"""
@@ -153,14 +153,13 @@ def test_every_family_gives_the_same_numbers_on_every_mesh():
         # The meshes really split: fsdp takes every parameter with an axis it divides, tensor some.
         assert meshes["1,8,1"]["split_over"]["fsdp"] == result["fsdp_divisible"], family
         assert meshes["2,2,2"]["split_over"]["tensor"], family
-        assert not meshes["8,1,1"]["split_over"]["fsdp"] and not meshes["8,1,1"]["split_over"]["tensor"]
         # Memory: an eighth per device with fsdp=8 (plus the few small vectors it cannot split).
         total = result["param_bytes_total"]
         eighth = meshes["1,8,1"]
         assert max(eighth["param_bytes"]) <= 1.05 * total / 8, (family, eighth["param_bytes"], total)
         assert max(eighth["opt_state_bytes"]) <= 1.05 * 2 * total / 8 + 64, family
-        assert meshes["8,1,1"]["param_bytes"] == [total] * 8
-        assert eighth["argument_bytes"] <= 0.14 * meshes["8,1,1"]["argument_bytes"], family
+        assert meshes["1 device"]["param_bytes"] == [total]
+        assert eighth["argument_bytes"] <= 0.14 * meshes["1 device"]["argument_bytes"], family
 
 
 # --- compiling for a TPU without one -----------------------------------------------------------
