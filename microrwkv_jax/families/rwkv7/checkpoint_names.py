@@ -10,7 +10,8 @@ from __future__ import annotations
 from microrwkv_jax.config import ModelConfig
 from microrwkv_jax.families import blinkdl
 from microrwkv_jax.families.blinkdl import block_rows, channel_mix_rows, shell_rows, time_mix_rows, vector_row
-from microrwkv_jax.families.rwkv7.model import MIXES, check_config, ffn_dim, lora_dims
+from microrwkv_jax.families.rwkv7.model import check_config, ffn_dim, lora_dims
+from microrwkv_jax.layers.rwkv7 import MIXES
 from microrwkv_jax.torch_checkpoint import ConversionError
 
 NAME = "RWKV-7"

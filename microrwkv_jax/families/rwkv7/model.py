@@ -17,7 +17,7 @@ from microrwkv_jax.families.blinkdl import Block, RecurrentLM, check_heads_confi
 from microrwkv_jax.flops import head_flops
 from microrwkv_jax.layers.linears import linear
 from microrwkv_jax.layers.rwkv import token_shift
-from microrwkv_jax.layers.rwkv7 import MIXES, TimeMix7, default_lora_ranks, orthogonal, time_mix7_flops
+from microrwkv_jax.layers.rwkv7 import TimeMix7, default_lora_ranks, orthogonal, time_mix7_flops
 
 check_config = check_heads_config
 
