@@ -15,7 +15,7 @@ The model comes from the checkpoint; the `model` section names the same preset (
 which is what `bench.py train` builds.
 """
 
-from configs.tiny import fine_tuning_config
+from configs.fine_tuning import fine_tuning_config
 
 
 def get_config():

@@ -7,6 +7,10 @@ setting) on checkpoints written in the official layout (`benchmarks.rwkv_package
 RUN.json: {"v7": bool, "models": {name: path without .pth}, "tokens": [[...]], "greedy": n}.
 OUT.npz: for each model, `{name}/rnn` (logits fed one token at a time, [T, V]), `{name}/seq`
 (one forward over the tokens, full_output, [T, V]) and `{name}/greedy` (n greedy tokens after them).
+
+A state-tuned RWKV-7 file: the package (0.8.32) loads its `time_state` tensors but, unlike for
+RWKV-5/6, does not start from them; here they are its initial state, as RWKV-7 state-tuning
+users pass a state to `forward` (`initial_state`).
 """
 
 import json
@@ -33,6 +37,19 @@ def run_package(models: dict, tokens, greedy: int, v7: bool, workdir) -> dict:
         return {k: data[k] for k in data.files}
 
 
+def initial_state(model, v7: bool):
+    """The package's state list for a state-tuned RWKV-7 (per layer: token shift, the file's
+    time_state [H, N_value, N_key], channel-mix shift), or None (the package's own start)."""
+    import torch
+    if not v7 or "blocks.0.att.time_state" not in model.z:
+        return None
+    state = []
+    for i in range(model.n_layer):
+        shift = torch.zeros(model.n_embd, dtype=model.z["emb.weight"].dtype)
+        state += [shift, model.z[f"blocks.{i}.att.time_state"].float().clone(), shift.clone()]
+    return state
+
+
 def main(spec_path, out_path):
     import torch
     torch.set_num_threads(1)
@@ -42,11 +59,11 @@ def main(spec_path, out_path):
     for name, path in spec["models"].items():
         model = RWKV(model=path, strategy="cpu fp32") if spec["v7"] else RWKV(model=path, strategy="cpu fp32", verbose=False)
         for row, tokens in enumerate(spec["tokens"]):
-            state, rnn = None, []
+            state, rnn = initial_state(model, spec["v7"]), []
             for token in tokens:
                 logits, state = model.forward([token], state)
                 rnn.append(logits.float().numpy().copy())
-            seq, _ = model.forward(list(tokens), None, full_output=True)
+            seq, _ = model.forward(list(tokens), initial_state(model, spec["v7"]), full_output=True)
             generated = []
             for _ in range(spec["greedy"]):
                 token = int(np.argmax(logits.float().numpy()))

@@ -47,8 +47,9 @@ def test_faults_are_reproduced(converted):
 def test_greedy_decoding_matches_pytorch_generate(converted):
     tm, model, config, _ = converted
     prompt = random_tokens(9, 1, 5)
-    expected = tm.generate(torch.tensor(np.array(prompt), dtype=torch.long), 32, top_k=1).numpy()
-    ours = generate(model, np.asarray(prompt), max_new_tokens=32, temperature=0.0)
+    # (12 tokens: the published sampler compiles each window length anew; the CI budget)
+    expected = tm.generate(torch.tensor(np.array(prompt), dtype=torch.long), 12, top_k=1).numpy()
+    ours = generate(model, np.asarray(prompt), max_new_tokens=12, temperature=0.0)
     np.testing.assert_array_equal(np.asarray(ours), expected[:, 5:])
 
 
