@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.chunk_size = 32           # tokens per chunk of the chunked WKV operator
     c.model.rope_base = 10000.0       # rotary embedding base of the attention layers
     c.model.dtype = "auto"            # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
-    c.model.remat = False             # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
+    c.model.remat = False             # recompute each block's activations in the backward pass (less memory, one more forward pass)
     return c
 
 

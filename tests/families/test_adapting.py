@@ -35,6 +35,16 @@ def assert_base_unchanged(params: dict, base: dict, table) -> None:
         assert np.array_equal(value, stored.reshape(value.shape)), ours
 
 
+def base_checkpoint(tmp_path, config, seed: int, line: str):
+    """A random BlinkDL `.pth` of `config` in the official layout, and a text file of 2,000 lines
+    `line.format(i=i, j=...)` to tune it on. Returns (name table, base state dict, .pth path, text path)."""
+    table = FAMILIES[config.arch].torch_checkpoint.parameter_map(config)
+    base = {k: np.asarray(v, np.float32) for k, v in random_state_dict(table, seed=seed).items()}
+    text = tmp_path / "text.txt"
+    text.write_text("".join(line.format(i=i, j=i * 11 % 17) for i in range(2000)))
+    return table, base, write_pth(tmp_path / "base.pth", base), text
+
+
 def export(run):
     done = subprocess.run([sys.executable, "convert_torch_ckpt.py", str(run), "--to", "pth"], capture_output=True,
                           text=True, cwd=REPO, timeout=300)
@@ -45,11 +55,8 @@ def export(run):
                                           ("rwkv7", dict(ffn_dim=256, lora_dims=(16, 16, 8, 32)))])
 def test_state_tuning_trains_only_the_states_and_the_package_runs_the_result(tmp_path, arch, fields):
     config = model_config(arch, n_layer=2, n_embd=64, n_head=2, vocab_size=65536, **fields)
-    table = FAMILIES[arch].torch_checkpoint.parameter_map(config)
-    base = {k: np.asarray(v, np.float32) for k, v in random_state_dict(table, seed=3).items()}
-    base_pth = write_pth(tmp_path / "base.pth", base)
-    text = tmp_path / "text.txt"
-    text.write_text("".join(f"Row {i}: state tuning keeps the weights, {i * 11 % 17} apples.\n" for i in range(2000)))
+    table, base, base_pth, text = base_checkpoint(tmp_path, config, 3, "Row {i}: state tuning keeps the weights, "
+                                                  "{j} apples.\n")
     run = tmp_path / "run"
     train_cli(run, f"--config.init_from={base_pth}", "--config.tokenizer=world", "--config.tune=state",
               f"--config.dataset={text}", "--config.learning_rate=0.05", *SHORT)
@@ -91,11 +98,8 @@ def test_optimizer_state_only_for_what_trains(tune, trained):
 def test_lora_trains_only_adapters_and_the_merged_export_runs_in_the_package(tmp_path):
     config = model_config("rwkv7", n_layer=2, n_embd=64, n_head=1, vocab_size=65536, ffn_dim=256,
                           lora_dims=(16, 16, 8, 32))
-    table = FAMILIES["rwkv7"].torch_checkpoint.parameter_map(config)
-    base = {k: np.asarray(v, np.float32) for k, v in random_state_dict(table, seed=4).items()}
-    base_pth = write_pth(tmp_path / "base.pth", base)
-    text = tmp_path / "text.txt"
-    text.write_text("".join(f"Goose {i}: low-rank adapters learn, {i * 5 % 19} ponds.\n" for i in range(2000)))
+    table, base, base_pth, text = base_checkpoint(tmp_path, config, 4, "Goose {i}: low-rank adapters learn, "
+                                                  "{j} ponds.\n")
     run = tmp_path / "run"
     train_cli(run, f"--config.init_from={base_pth}", "--config.tokenizer=world", "--config.tune=lora",
               "--config.lora_rank=4", "--config.lora_targets=('blocks/*/att/*',)", f"--config.dataset={text}",

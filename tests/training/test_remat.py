@@ -31,8 +31,11 @@ def loss_and_grads(preset, remat, batch):
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean() + 0.01 * aux["moe_aux_loss"]
 
     graphdef, params = nnx.split(model)
-    step = jax.jit(lambda params: jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p)))(params))
-    loss, grads = step(params)
+    grad_fn = lambda params: jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p)))(params)
+    # (the test would pass without remat doing anything: the program must hold it, once per block)
+    rematerialised = str(jax.make_jaxpr(grad_fn)(params)).count("remat")
+    assert rematerialised >= 2 if remat else rematerialised == 0, rematerialised
+    loss, grads = jax.jit(grad_fn)(params)
     return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)]
 
 
