@@ -48,11 +48,15 @@ def train(cfg, started: Optional[float] = None, config_file: Optional[str] = Non
     cfg = with_absolute_paths(cfg)      # the run records, and orbax sees, absolute paths only
     out = pathlib.Path(cfg.out_dir)
     check_writable(out)
-    check_resumable(cfg)    # a rerun with other settings is refused before any work
-    run = Run(cfg)          # data and model first: bad input fails before out_dir is created
-    out.mkdir(parents=True, exist_ok=True)
-    lock = lock_out_dir(out)
+    # An existing out_dir is locked before its checkpoints are read: a trainer running there
+    # writes and deletes them, and is named instead.
+    lock = lock_out_dir(out) if out.is_dir() else None
     try:
+        check_resumable(cfg)    # a rerun with other settings is refused before any work
+        run = Run(cfg)          # data and model first: bad input fails before out_dir is created
+        if lock is None:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = lock_out_dir(out)
         return _train_holding_lock(cfg, run, out, started, config_file)
     finally:
         if lock is not None:
