@@ -32,18 +32,19 @@ def loss_and_grads(preset, remat, batch):
 
     graphdef, params = nnx.split(model)
     grad_fn = lambda params: jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p)))(params)
-    # (the test would pass without remat doing anything: the program must hold it, once per block)
     rematerialised = str(jax.make_jaxpr(grad_fn)(params)).count("remat")
-    assert rematerialised >= 2 if remat else rematerialised == 0, rematerialised
     loss, grads = jax.jit(grad_fn)(params)
-    return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)]
+    return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)], rematerialised
 
 
 @pytest.mark.parametrize("preset", sorted(CONFIGS))
 def test_remat_gives_the_same_loss_and_gradients(preset):
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 97, (2, 25)), jnp.int32)
-    loss, grads = loss_and_grads(preset, False, batch)
-    loss_r, grads_r = loss_and_grads(preset, True, batch)
+    loss, grads, plain = loss_and_grads(preset, False, batch)
+    loss_r, grads_r, with_remat = loss_and_grads(preset, True, batch)
+    # (the test would pass without remat doing anything: the program must hold it once more per
+    # block; the chunked WKV forms rematerialise their chunks either way)
+    assert with_remat >= plain + 2, (plain, with_remat)
     assert abs(loss_r - loss) <= 1e-6 * abs(loss)
     assert len(grads_r) == len(grads) > 10
     assert rel_err(np.concatenate([g.ravel() for g in grads_r]), np.concatenate([g.ravel() for g in grads])) <= 1e-5
