@@ -31,9 +31,10 @@ STEPS, BATCH = 3, 8
 
 # Small models whose widths, heads, hidden units and (padded) vocabularies every mesh axis divides.
 CONFIGS = {
-    # (with the gpt preset's mlp as well: every causal sub-layer but time_mix7, RWKV-7's own layer)
+    # (every causal sub-layer: x051a's and RWKV-7's time mixing, and the gpt preset's mlp as well)
     "hybrid": dict(preset="hybrid", n_head=4, n_kv_head=2, swa_window=8, num_experts=4, num_active_experts=2,
-                   expert_dim=32, chunk_size=8, layers=("time_mix", "channel_mix", "swa", "gqa", "moe", "mlp")),
+                   expert_dim=32, chunk_size=8,
+                   layers=("time_mix", "time_mix7", "channel_mix", "swa", "gqa", "moe", "mlp")),
     "rwkv": dict(preset="rwkv", n_head=4, chunk_size=8),
     "gpt": dict(preset="gpt", n_head=4, n_kv_head=2),
     "published": dict(preset="published", n_layer=2, n_head=4, num_experts=4, num_active_experts=2, expert_dim=32),
