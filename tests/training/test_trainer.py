@@ -475,7 +475,9 @@ def test_a_second_trainer_on_the_same_out_dir_is_refused_naming_the_first(tmp_pa
         while time.time() < deadline and not (out / "checkpoints" / "1").is_dir():
             time.sleep(0.05)
         before = sorted(p.name for p in (out / "checkpoints").iterdir())
-        done = train_cli(out, *flags, check=False)
+        # (with other settings: the lock is taken before the checkpoints are read, which the
+        # running trainer writes and deletes, so the holder is named, not the settings)
+        done = train_cli(out, *flags, "--config.model.n_embd=64", check=False)
         assert done.returncode == 1
         assert done.stderr.strip().splitlines()[-1] == (
             f"train.py: error: out_dir='{out}' is in use by another train.py (PID {first.pid}); wait for it to "
