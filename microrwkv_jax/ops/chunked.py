@@ -18,8 +18,8 @@ weights are matrix products. The chunks go through a `lax.scan` (T / Q steps, ea
 work in parallel); evaluating all chunks at once was measured 2-7x slower on the CPU, its
 intermediates too large for the caches. The scan's body is rematerialised: its backward pass
 recomputes a chunk from the chunk's inputs and the state reaching it, rather than storing every
-intermediate of every chunk (measured 2x faster forward+backward, `bench.py wkv`, and far less
-memory: only the state per chunk is kept).
+intermediate of every chunk: forward+backward measured 1.6-1.7x faster at B=16, T=1024, H=12,
+N=64 (`bench.py wkv`, BENCHMARKS.md), and only the state per chunk is kept.
 
 Layout: inputs [B, T, H, N] become chunks [C, B, H, Q, N] (`to_chunks`), one chunk [B, H, Q, N]
 per step; the state is [B, H, N_key, N_value], float32.

@@ -50,11 +50,12 @@ def train(cfg, started: Optional[float] = None, config_file: Optional[str] = Non
     check_writable(out)
     # An existing out_dir is locked before its checkpoints are read: a trainer running there
     # writes and deletes them, and is named instead.
-    lock = lock_out_dir(out) if out.is_dir() else None
+    existed = out.is_dir()
+    lock = lock_out_dir(out) if existed else None
     try:
         check_resumable(cfg)    # a rerun with other settings is refused before any work
         run = Run(cfg)          # data and model first: bad input fails before out_dir is created
-        if lock is None:
+        if not existed:
             out.mkdir(parents=True, exist_ok=True)
             lock = lock_out_dir(out)
         return _train_holding_lock(cfg, run, out, started, config_file)
